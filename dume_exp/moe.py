@@ -1,0 +1,186 @@
+"""The MoE block that replaces each dense MLP: a linear router, top-k gating and sparse dispatch."""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+DISPATCH_MODES = ("sparse", "dense")
+
+
+class MoEBlock(nn.Module):
+    """Mixture of the domain experts' MLPs for one decoder layer.
+
+    ``logits = router(x) / temperature``; the ``top_k`` largest are kept, softmaxed among
+    themselves, and the output is the weighted sum of the kept experts' outputs.
+
+    ``dispatch="sparse"`` (default) runs every expert only on the tokens routed to it;
+    ``dispatch="dense"`` runs every expert on every token and zero-weights the rest (the
+    reference implementation's algorithm, kept as a test oracle and benchmark baseline).
+    ``forced_expert`` (set through :func:`force_expert`) sends every token to one expert.
+    ``routing_counts[d]`` accumulates how many token slots went to expert ``d`` since the
+    last :func:`reset_routing_counts`.
+    """
+
+    def __init__(
+        self,
+        experts: Sequence[nn.Module],
+        hidden_size: int,
+        top_k: int = 1,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if len(experts) < 1:
+            raise ValueError("MoEBlock needs at least one expert.")
+        self.experts = nn.ModuleList(experts)
+        self.router = nn.Linear(hidden_size, len(experts), bias=True)
+        self.top_k = top_k
+        self.temperature = temperature
+        self.dispatch = "sparse"
+        self.forced_expert: int | None = None
+        self.register_buffer(
+            "routing_counts", torch.zeros(len(experts), dtype=torch.long), persistent=False
+        )
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    @property
+    def top_k(self) -> int:
+        return self._top_k
+
+    @top_k.setter
+    def top_k(self, k: int) -> None:
+        if not 1 <= int(k) <= len(self.experts):
+            raise ValueError(f"top_k must be in [1, {len(self.experts)}] (the number of experts); got {k}.")
+        self._top_k = int(k)
+
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, t: float) -> None:
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature must be a positive finite number; got {t}.")
+        self._temperature = float(t)
+
+    def gate(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k expert indices ``[N, k]`` and their softmax weights ``[N, k]`` for tokens ``[N, H]``."""
+        logits = self.router(flat) / self.temperature
+        top_logits, top_idx = logits.topk(self.top_k, dim=-1)
+        weights = torch.softmax(top_logits, dim=-1, dtype=torch.float32).to(flat.dtype)
+        return top_idx, weights
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape = hidden_states.shape
+        flat = hidden_states.reshape(-1, shape[-1])
+        if self.forced_expert is not None:
+            self.routing_counts[self.forced_expert] += flat.shape[0]
+            return self.experts[self.forced_expert](flat).reshape(shape)
+        top_idx, weights = self.gate(flat)
+        with torch.no_grad():
+            self.routing_counts += torch.bincount(top_idx.reshape(-1), minlength=self.num_experts)
+        if self.dispatch == "sparse":
+            out = self._sparse(flat, top_idx, weights)
+        elif self.dispatch == "dense":
+            out = self._dense(flat, top_idx, weights)
+        else:
+            raise ValueError(f"dispatch must be one of {DISPATCH_MODES}; got {self.dispatch!r}.")
+        return out.reshape(shape)
+
+    def _sparse(self, flat: torch.Tensor, top_idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Group the (token, slot) pairs by expert and run each expert once on its own tokens."""
+        k = self.top_k
+        slot_expert = top_idx.reshape(-1)
+        order = torch.argsort(slot_expert, stable=True)
+        counts = torch.bincount(slot_expert, minlength=self.num_experts).tolist()
+        slot_weight = weights.reshape(-1)[order]
+        slot_token = order // k
+        out = torch.zeros_like(flat)
+        start = 0
+        for d, n in enumerate(counts):
+            if n == 0:
+                continue
+            tokens = slot_token[start : start + n]
+            y = self.experts[d](flat[tokens])
+            if k > 1:
+                y = y * slot_weight[start : start + n, None]
+            out.index_add_(0, tokens, y)
+            start += n
+        return out
+
+    def _dense(self, flat: torch.Tensor, top_idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token, combined with a dense [N, D] weight matrix."""
+        dense_w = torch.zeros(flat.shape[0], self.num_experts, dtype=flat.dtype, device=flat.device)
+        dense_w.scatter_(1, top_idx, weights)
+        outs = torch.stack([expert(flat) for expert in self.experts], dim=1)  # [N, D, H]
+        return (outs * dense_w[..., None]).sum(dim=1)
+
+
+def moe_blocks(model: nn.Module) -> list[MoEBlock]:
+    """The model's MoE blocks in layer order (empty for a dense model)."""
+    return [m for m in model.modules() if isinstance(m, MoEBlock)]
+
+
+def require_moe_blocks(model: nn.Module) -> list[MoEBlock]:
+    blocks = moe_blocks(model)
+    if not blocks:
+        raise ValueError("The model has no MoE blocks; build one with dume_exp.upcycle(experts) first.")
+    return blocks
+
+
+@contextlib.contextmanager
+def force_expert(model: nn.Module, expert: int) -> Iterator[nn.Module]:
+    """Inside the context, every MoE block of ``model`` sends every token to ``expert``."""
+    blocks = require_moe_blocks(model)
+    num = blocks[0].num_experts
+    if not 0 <= expert < num:
+        raise ValueError(f"expert index {expert} out of range: the model has {num} experts (0..{num - 1}).")
+    previous = [b.forced_expert for b in blocks]
+    for b in blocks:
+        b.forced_expert = expert
+    try:
+        yield model
+    finally:
+        for b, p in zip(blocks, previous):
+            b.forced_expert = p
+
+
+@contextlib.contextmanager
+def dispatch_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Temporarily switch every MoE block to ``"sparse"`` or ``"dense"`` dispatch."""
+    if mode not in DISPATCH_MODES:
+        raise ValueError(f"dispatch mode must be one of {DISPATCH_MODES}; got {mode!r}.")
+    blocks = require_moe_blocks(model)
+    previous = [b.dispatch for b in blocks]
+    for b in blocks:
+        b.dispatch = mode
+    try:
+        yield model
+    finally:
+        for b, p in zip(blocks, previous):
+            b.dispatch = p
+
+
+def set_routing(model: nn.Module, top_k: int | None = None, temperature: float | None = None) -> None:
+    """Change top-k and/or the router temperature of every MoE block."""
+    for b in require_moe_blocks(model):
+        if top_k is not None:
+            b.top_k = top_k
+        if temperature is not None:
+            b.temperature = temperature
+
+
+def routing_counts(model: nn.Module) -> torch.Tensor:
+    """Token slots routed to each expert since the last reset, as a ``[layers, experts]`` tensor."""
+    return torch.stack([b.routing_counts.detach().cpu() for b in require_moe_blocks(model)])
+
+
+def reset_routing_counts(model: nn.Module) -> None:
+    for b in require_moe_blocks(model):
+        b.routing_counts.zero_()

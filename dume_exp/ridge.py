@@ -1,0 +1,93 @@
+"""Closed-form ridge routers: W̃_l = (A_l + λI)⁻¹ b_l with A_l = Σ_d G_{l,d} and b_l[:, d] = s_{l,d}.
+
+One eigendecomposition of every A_l serves every λ (a sweep costs one matrix product per λ).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .moe import require_moe_blocks
+from .statistics import RouterStatistics
+
+
+@dataclass
+class RouterWeights:
+    """Per-layer router parameters: ``weight[l]`` is ``[D, H]`` (``nn.Linear`` layout), ``bias[l]`` is ``[D]``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+class RidgeSolver:
+    """Factorises every layer's A once; :meth:`solve` then gives the routers for any λ."""
+
+    def __init__(self, stats: RouterStatistics) -> None:
+        self.stats = stats
+        A = stats.gram.sum(dim=1)  # [L, H+1, H+1]
+        A = 0.5 * (A + A.transpose(-1, -2))
+        self.eigenvalues, self.eigenvectors = torch.linalg.eigh(A)
+        self.projected_targets = self.eigenvectors.transpose(-1, -2) @ stats.sums.transpose(1, 2)  # Qᵀb, [L, H+1, D]
+
+    def coefficients(self, lam: float) -> torch.Tensor:
+        """W̃ = (A + λI)⁻¹ b for every layer, ``[L, H+1, D]`` float64 (bias row last)."""
+        lam = float(lam)
+        if not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"The ridge penalty λ must be a finite number ≥ 0; got {lam}.")
+        shifted = self.eigenvalues + lam
+        tol = self.eigenvalues.abs().amax(dim=-1, keepdim=True) * shifted.shape[-1] * torch.finfo(shifted.dtype).eps
+        bad = (shifted <= tol).any(dim=-1)
+        if bad.any():
+            layer = int(bad.nonzero()[0])
+            raise ValueError(
+                f"A + λI is singular at layer {layer} (smallest eigenvalue {float(shifted[layer].min()):.3e} "
+                f"with λ={lam}): the calibration hidden states do not span the feature space. "
+                "Use λ > 0 (the paper uses 1e-2) or collect more calibration tokens."
+            )
+        return self.eigenvectors @ (self.projected_targets / shifted[..., None])
+
+    def solve(self, lam: float = 1e-2, normalize: bool = True) -> RouterWeights:
+        """Router weights for penalty ``lam``; ``normalize`` divides each expert's weight column and bias
+        by the L2 norm of that weight column (the paper's convention)."""
+        coef = self.coefficients(lam)
+        weight, bias = coef[:, :-1, :], coef[:, -1, :]  # [L, H, D], [L, D]
+        if normalize:
+            norm = weight.norm(dim=1).clamp_min(torch.finfo(weight.dtype).tiny)  # [L, D]
+            weight, bias = weight / norm[:, None, :], bias / norm
+        return RouterWeights(weight.transpose(1, 2).contiguous(), bias.contiguous())
+
+
+def apply_router_weights(model: nn.Module, weights: RouterWeights) -> None:
+    """Copy per-layer router weights into the model's MoE blocks."""
+    blocks = require_moe_blocks(model)
+    L, D, H = weights.weight.shape
+    router = blocks[0].router
+    if (len(blocks), router.out_features, router.in_features) != (L, D, H):
+        raise ValueError(
+            f"Router weights for {L} layers × {D} experts × hidden {H} do not fit the model "
+            f"({len(blocks)} layers × {router.out_features} experts × hidden {router.in_features}); "
+            "select the statistics of the model's experts (RouterStatistics.select)."
+        )
+    with torch.no_grad():
+        for block, w, b in zip(blocks, weights.weight, weights.bias):
+            block.router.weight.copy_(w.to(block.router.weight))
+            block.router.bias.copy_(b.to(block.router.bias))
+
+
+def fit_routers(
+    model: nn.Module,
+    stats: RouterStatistics | RidgeSolver,
+    lam: float = 1e-2,
+    normalize: bool = True,
+) -> RouterWeights:
+    """Fit every router of ``model`` in closed form and return the weights.
+
+    Pass a :class:`RidgeSolver` instead of statistics to reuse its factorisation across λ values.
+    """
+    solver = stats if isinstance(stats, RidgeSolver) else RidgeSolver(stats)
+    weights = solver.solve(lam, normalize)
+    apply_router_weights(model, weights)
+    return weights

@@ -1,0 +1,176 @@
+"""Router statistics: per layer and expert, the Gram matrix and sum of x̃ = [x; 1] over calibration tokens.
+
+They are additive (shards, batches and machines simply sum) and per expert (a subset of experts is
+a slice), which is what makes λ sweeps and adding or removing experts free of forward passes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .moe import require_moe_blocks, force_expert
+
+
+@dataclass
+class RouterStatistics:
+    """``gram[l, d]`` = Σ x̃x̃ᵀ and ``sums[l, d]`` = Σ x̃ over expert ``d``'s calibration tokens at layer ``l``.
+
+    Shapes ``[L, D, H+1, H+1]`` and ``[L, D, H+1]``, float64; the last coordinate of x̃ is the
+    constant 1, so ``sums[l, d, -1]`` is expert ``d``'s token count.
+    """
+
+    gram: torch.Tensor
+    sums: torch.Tensor
+    expert_names: list[str]
+
+    def __post_init__(self) -> None:
+        L, D, H1, H1b = self.gram.shape
+        if H1 != H1b or tuple(self.sums.shape) != (L, D, H1):
+            raise ValueError(f"Inconsistent statistics shapes: gram {tuple(self.gram.shape)}, sums {tuple(self.sums.shape)}.")
+        if len(self.expert_names) != D:
+            raise ValueError(f"{len(self.expert_names)} expert names for {D} experts.")
+
+    @property
+    def num_layers(self) -> int:
+        return self.gram.shape[0]
+
+    @property
+    def num_experts(self) -> int:
+        return self.gram.shape[1]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.gram.shape[2] - 1
+
+    @property
+    def token_counts(self) -> torch.Tensor:
+        """Calibration tokens per expert, ``[D]``."""
+        return self.sums[0, :, -1].round().long()
+
+    def __add__(self, other: "RouterStatistics") -> "RouterStatistics":
+        if self.gram.shape != other.gram.shape or self.expert_names != other.expert_names:
+            raise ValueError(
+                "Only statistics of the same layers and experts add up: "
+                f"{tuple(self.gram.shape)} {self.expert_names} vs {tuple(other.gram.shape)} {other.expert_names}."
+            )
+        return RouterStatistics(self.gram + other.gram, self.sums + other.sums, list(self.expert_names))
+
+    def select(self, experts: Sequence[int | str]) -> "RouterStatistics":
+        """Statistics of a subset of experts (by index or name), in the given order."""
+        idx = [self.expert_names.index(e) if isinstance(e, str) else int(e) for e in experts]
+        if not idx or any(not 0 <= i < self.num_experts for i in idx) or len(set(idx)) != len(idx):
+            raise ValueError(f"Invalid expert selection {list(experts)} for experts {self.expert_names}.")
+        return RouterStatistics(self.gram[:, idx].clone(), self.sums[:, idx].clone(), [self.expert_names[i] for i in idx])
+
+    def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
+        """Write a safetensors file atomically (temp file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"expert_names": json.dumps(self.expert_names), **(metadata or {})}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"gram": self.gram.contiguous(), "sums": self.sums.contiguous()}, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RouterStatistics":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"Router statistics file {path} does not exist; collect them with collect_statistics().")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            names = json.loads(f.metadata()["expert_names"])
+        tensors = load_file(str(path))
+        return cls(tensors["gram"], tensors["sums"], names)
+
+
+def _pack(batch: Mapping[str, torch.Tensor], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Right-pad the first ``max_tokens`` real tokens of every row (left or right padding in)."""
+    ids = torch.as_tensor(batch["input_ids"])
+    if ids.dim() == 1:
+        ids = ids[None]
+    mask = torch.as_tensor(batch.get("attention_mask", torch.ones_like(ids))).reshape(ids.shape).bool()
+    rows = [row[m][:max_tokens] for row, m in zip(ids, mask) if m.any()]
+    if not rows:
+        return None
+    width = max(len(r) for r in rows)
+    packed = torch.zeros(len(rows), width, dtype=torch.long)
+    packed_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        packed[i, : len(r)] = r
+        packed_mask[i, : len(r)] = 1
+    return packed, packed_mask
+
+
+@torch.inference_mode()
+def collect_statistics(
+    model: nn.Module,
+    batches_by_expert: Sequence[Iterable[Mapping[str, torch.Tensor]]],
+    max_tokens_per_sequence: int = 1024,
+    expert_names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> RouterStatistics:
+    """Accumulate router statistics with every MoE block forced to expert ``d`` on ``batches_by_expert[d]``.
+
+    Each batch is a dict with ``input_ids`` and optionally ``attention_mask`` (left or right
+    padding). Only non-padding tokens among the first ``max_tokens_per_sequence`` real tokens of a
+    sequence count; x is the MoE block's input (the post-attention-norm hidden state).
+    """
+    blocks = require_moe_blocks(model)
+    num_experts, hidden = blocks[0].num_experts, blocks[0].router.in_features
+    if len(batches_by_expert) != num_experts:
+        raise ValueError(f"batches_by_expert has {len(batches_by_expert)} entries but the model has {num_experts} experts.")
+    if int(max_tokens_per_sequence) < 1:
+        raise ValueError(f"max_tokens_per_sequence must be a positive integer; got {max_tokens_per_sequence}.")
+    names = list(expert_names) if expert_names is not None else [f"expert_{d}" for d in range(num_experts)]
+    device = next(model.parameters()).device
+    gram = torch.zeros(len(blocks), num_experts, hidden + 1, hidden + 1, dtype=torch.float64, device=device)
+    sums = torch.zeros(len(blocks), num_experts, hidden + 1, dtype=torch.float64, device=device)
+    state: dict = {}
+
+    def make_hook(layer: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0].reshape(-1, hidden)[state["mask"]].to(torch.float64)
+            xt = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+            gram[layer, state["expert"]].addmm_(xt.T, xt)
+            sums[layer, state["expert"]] += xt.sum(0)
+        return hook
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    handles = [b.register_forward_pre_hook(make_hook(i)) for i, b in enumerate(blocks)]
+    was_training = model.training
+    model.eval()
+    try:
+        for d, batches in enumerate(batches_by_expert):
+            state["expert"] = d
+            with force_expert(model, d):
+                for batch in tqdm(batches, desc=f"router statistics: {names[d]}", disable=not progress, leave=False):
+                    packed = _pack(batch, int(max_tokens_per_sequence))
+                    if packed is None:
+                        continue
+                    ids, mask = (t.to(device) for t in packed)
+                    state["mask"] = mask.reshape(-1).bool()
+                    decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    counts = sums[0, :, -1]
+    empty = [names[d] for d in range(num_experts) if counts[d] == 0]
+    if empty:
+        raise ValueError(f"No calibration tokens for expert(s) {empty}: give every expert at least one non-empty sequence.")
+    return RouterStatistics(gram.cpu(), sums.cpu(), names)
