@@ -6,8 +6,6 @@ a slice), which is what makes λ sweeps and adding or removing experts free of f
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import atomic_file
 from .moe import require_moe_blocks, force_expert
 
 
@@ -73,17 +72,9 @@ class RouterStatistics:
 
     def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
         """Write a safetensors file atomically (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"expert_names": json.dumps(self.expert_names), **(metadata or {})}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"gram": self.gram.contiguous(), "sums": self.sums.contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_file(path) as tmp:
+            save_file({"gram": self.gram.contiguous(), "sums": self.sums.contiguous()}, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "RouterStatistics":
