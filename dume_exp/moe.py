@@ -96,23 +96,17 @@ class MoEBlock(nn.Module):
     def _sparse(self, flat: torch.Tensor, top_idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Group the (token, slot) pairs by expert and run each expert once on its own tokens."""
         k = self.top_k
-        slot_expert = top_idx.reshape(-1)
+        slot_expert = top_idx.reshape(-1)  # slot s = token s // k, choice s % k
         order = torch.argsort(slot_expert, stable=True)
         counts = torch.bincount(slot_expert, minlength=self.num_experts).tolist()
-        slot_weight = weights.reshape(-1)[order]
-        slot_token = order // k
-        out = torch.zeros_like(flat)
-        start = 0
-        for d, n in enumerate(counts):
-            if n == 0:
-                continue
-            tokens = slot_token[start : start + n]
-            y = self.experts[d](flat[tokens])
-            if k > 1:
-                y = y * slot_weight[start : start + n, None]
-            out.index_add_(0, tokens, y)
-            start += n
-        return out
+        grouped = flat.index_select(0, order // k)  # tokens grouped by expert
+        outs = [self.experts[d](chunk) for d, chunk in enumerate(grouped.split(counts)) if chunk.shape[0]]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        slots = torch.cat(outs).index_select(0, inverse)  # back to slot order (a gather, no scatter-add)
+        if k == 1:
+            return slots
+        return (slots.view(-1, k, flat.shape[-1]) * weights[..., None]).sum(dim=1)
 
     def _dense(self, flat: torch.Tensor, top_idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Every expert on every token, combined with a dense [N, D] weight matrix."""

@@ -1,0 +1,89 @@
+"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe [--help]``."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from .moe import dispatch_mode, moe_blocks
+from .upcycle import upcycle
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_moe(args: argparse.Namespace) -> None:
+    """Forward throughput of one dense expert vs the D-expert MoE with sparse and dense dispatch."""
+    torch.manual_seed(args.seed)
+    config = LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=args.seq_len, tie_word_embeddings=True,
+    )
+    base = LlamaForCausalLM(config).eval()
+    experts = [base]
+    for d in range(1, args.experts):
+        e = LlamaForCausalLM(config).eval()
+        e.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for layer in e.model.layers:
+                for p in layer.mlp.parameters():
+                    p.add_(0.02 * torch.randn_like(p))
+        experts.append(e)
+    moe = upcycle(experts, top_k=args.top_k).eval()
+    dtype = getattr(torch, args.dtype)
+    base, moe = base.to(dtype), moe.to(dtype)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq_len))
+    tokens = ids.numel()
+
+    def run(model: torch.nn.Module) -> Callable[[], object]:
+        def call() -> object:
+            with torch.inference_mode():
+                return model.model(input_ids=ids, use_cache=False)  # the decoder: lm_head is shared by all variants
+        return call
+
+    print(f"model: {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
+          f"D={args.experts}, top-{args.top_k}, batch {args.batch}x{args.seq_len}, {args.dtype}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    dense_t = _median_seconds(run(base), args.repeats)
+    sparse_t = _median_seconds(run(moe), args.repeats)
+    with dispatch_mode(moe, "dense"):
+        ref_t = _median_seconds(run(moe), args.repeats)
+    share = torch.stack([b.routing_counts.double() / b.routing_counts.sum() for b in moe_blocks(moe)]).mean(0)
+    for name, t in [("dense expert", dense_t), ("MoE sparse dispatch", sparse_t), ("MoE dense dispatch", ref_t)]:
+        print(f"{name:<22} {t * 1000:9.1f} ms   {tokens / t:10.0f} tokens/s")
+    print(f"sparse / dense expert: {sparse_t / dense_t:.3f}x   (goal <= 1.15x)")
+    print(f"dense dispatch / dense expert: {ref_t / dense_t:.3f}x   (sparse dispatch is {ref_t / sparse_t:.2f}x faster)")
+    print("routing share per expert (mean over layers): " + ", ".join(f"{s:.2f}" for s in share.tolist()))
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {"moe": bench_moe}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dume_exp.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    moe = sub.add_parser("moe", help=bench_moe.__doc__)
+    for flag, default in [("--experts", 4), ("--top-k", 1), ("--hidden", 512), ("--intermediate", 2048),
+                          ("--layers", 8), ("--heads", 8), ("--vocab", 1024), ("--batch", 8), ("--seq-len", 512),
+                          ("--repeats", 5), ("--seed", 0)]:
+        moe.add_argument(flag, type=int, default=default)
+    moe.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args(argv)
+    BENCHMARKS[args.bench](args)
+
+
+if __name__ == "__main__":
+    main()
