@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -13,15 +14,16 @@ from .moe import dispatch_mode, moe_blocks
 from .upcycle import upcycle
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each function; rounds alternate between them so load drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):  # round 0 is warm-up
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_moe(args: argparse.Namespace) -> None:
@@ -48,22 +50,25 @@ def bench_moe(args: argparse.Namespace) -> None:
     ids = torch.randint(0, args.vocab, (args.batch, args.seq_len))
     tokens = ids.numel()
 
-    def run(model: torch.nn.Module) -> Callable[[], object]:
+    def run(model: torch.nn.Module, dispatch: str = "sparse") -> Callable[[], object]:
         def call() -> object:
-            with torch.inference_mode():
+            with torch.inference_mode(), contextlib.ExitStack() as stack:
+                if moe_blocks(model):
+                    stack.enter_context(dispatch_mode(model, dispatch))
                 return model.model(input_ids=ids, use_cache=False)  # the decoder: lm_head is shared by all variants
         return call
 
     print(f"model: {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
           f"D={args.experts}, top-{args.top_k}, batch {args.batch}x{args.seq_len}, {args.dtype}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    dense_t = _median_seconds(run(base), args.repeats)
-    sparse_t = _median_seconds(run(moe), args.repeats)
-    with dispatch_mode(moe, "dense"):
-        ref_t = _median_seconds(run(moe), args.repeats)
+    t = _interleaved_medians(
+        {"dense expert": run(base), "MoE sparse dispatch": run(moe), "MoE dense dispatch": run(moe, "dense")},
+        args.repeats,
+    )
+    dense_t, sparse_t, ref_t = t["dense expert"], t["MoE sparse dispatch"], t["MoE dense dispatch"]
     share = torch.stack([b.routing_counts.double() / b.routing_counts.sum() for b in moe_blocks(moe)]).mean(0)
-    for name, t in [("dense expert", dense_t), ("MoE sparse dispatch", sparse_t), ("MoE dense dispatch", ref_t)]:
-        print(f"{name:<22} {t * 1000:9.1f} ms   {tokens / t:10.0f} tokens/s")
+    for name, secs in t.items():
+        print(f"{name:<22} {secs * 1000:9.1f} ms   {tokens / secs:10.0f} tokens/s")
     print(f"sparse / dense expert: {sparse_t / dense_t:.3f}x   (goal <= 1.15x)")
     print(f"dense dispatch / dense expert: {ref_t / dense_t:.3f}x   (sparse dispatch is {ref_t / sparse_t:.2f}x faster)")
     print("routing share per expert (mean over layers): " + ", ".join(f"{s:.2f}" for s in share.tolist()))
