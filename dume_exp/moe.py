@@ -73,6 +73,11 @@ class MoEBlock(nn.Module):
         """Top-k expert indices ``[N, k]`` and their softmax weights ``[N, k]`` for tokens ``[N, H]``."""
         logits = self.router(flat) / self.temperature
         top_logits, top_idx = logits.topk(self.top_k, dim=-1)
+        if self.top_k == 1 and logits.requires_grad:
+            # The kept score's softmax is exactly 1 and has no gradient. Straight-through estimator for
+            # router training: the value stays exactly 1, the gradient is that of log p(top | x).
+            p_top = torch.softmax(logits, dim=-1, dtype=torch.float32).gather(1, top_idx)
+            return top_idx, (p_top / p_top.detach()).to(flat.dtype)
         weights = torch.softmax(top_logits, dim=-1, dtype=torch.float32).to(flat.dtype)
         return top_idx, weights
 
@@ -105,7 +110,7 @@ class MoEBlock(nn.Module):
         inverse[order] = torch.arange(order.numel(), device=order.device)
         slots = torch.cat(outs).index_select(0, inverse)  # back to slot order (a gather, no scatter-add)
         if k == 1:
-            return slots
+            return slots * weights if weights.requires_grad else slots
         return (slots.view(-1, k, flat.shape[-1]) * weights[..., None]).sum(dim=1)
 
     def _dense(self, flat: torch.Tensor, top_idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -92,3 +92,19 @@ def test_upcycle_layout_and_averaging():
     r0 = moe_blocks(moe)[1].router.weight
     assert torch.equal(r0, moe_blocks(again)[1].router.weight)
     assert not torch.equal(r0, moe_blocks(other)[1].router.weight)
+
+
+def test_top1_router_gets_a_straight_through_gradient_without_changing_the_forward():
+    moe = upcycle(make_experts(3, shared_backbone=False), top_k=1)
+    ids = random_batches(1, 2, 12)[0]["input_ids"]
+    with torch.no_grad():
+        ref = moe(input_ids=ids).logits
+    for p in moe.parameters():
+        p.requires_grad_(False)
+    routers = [b.router.weight for b in moe_blocks(moe)]
+    for w in routers:
+        w.requires_grad_(True)
+    out = moe(input_ids=ids).logits
+    assert torch.equal(out, ref)  # the weight of the kept expert is exactly 1 in the forward pass
+    out.logsumexp(-1).mean().backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in routers)
