@@ -1,0 +1,88 @@
+"""What every strategy receives (a :class:`BuildContext`) and returns (a list of :class:`Candidate`)."""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ContextManager
+
+import torch
+from transformers import PreTrainedModel
+
+from ..router_training import RouterTrainingConfig
+from ..statistics import RouterStatistics, collect_statistics
+from ..upcycle import upcycle
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class RouterConfig:
+    top_k: int = 1
+    temperature: float = 1.0
+    lam: float = 1e-2
+    normalize: bool = True
+    max_tokens_per_sequence: int = 1024
+
+
+@dataclass
+class Cost:
+    """Construction cost of a candidate: wall time and tokens processed forward / backward."""
+
+    wall_s: float = 0.0
+    forward_tokens: int = 0
+    backward_tokens: int = 0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.wall_s + other.wall_s, self.forward_tokens + other.forward_tokens,
+                    self.backward_tokens + other.backward_tokens)
+
+
+@dataclass
+class Candidate:
+    """A model to score; ``route_domain(domain)`` is entered while that domain is scored (oracle routing)."""
+
+    name: str
+    model: PreTrainedModel
+    cost: Cost = field(default_factory=Cost)
+    route_domain: Callable[[str], ContextManager] = lambda domain: contextlib.nullcontext()
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildContext:
+    """The experts (expert d serves ``domains[d]``), the data for routers, and the knobs."""
+
+    experts: Sequence[PreTrainedModel]
+    domains: Sequence[str]
+    calibration_batches: Callable[[], list[list[Batch]]]
+    training_batches: Callable[[], list[Batch]]
+    router: RouterConfig = field(default_factory=RouterConfig)
+    training: RouterTrainingConfig = field(default_factory=RouterTrainingConfig)
+    seed: int = 0
+    progress: bool = True
+
+    def upcycled(self) -> PreTrainedModel:
+        return upcycle(self.experts, top_k=self.router.top_k, temperature=self.router.temperature, seed=self.seed)
+
+    @cached_property
+    def statistics(self) -> tuple[RouterStatistics, Cost]:
+        """Router statistics under the averaged backbone, collected once per context."""
+        start = time.perf_counter()
+        batches = self.calibration_batches()
+        stats = collect_statistics(self.upcycled(), batches, self.router.max_tokens_per_sequence,
+                                   expert_names=list(self.domains), progress=self.progress)
+        return stats, Cost(time.perf_counter() - start, int(stats.token_counts.sum()), 0)
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[Cost]:
+    """Measure the wall time of a block into a :class:`Cost`."""
+    cost = Cost()
+    start = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        cost.wall_s = time.perf_counter() - start

@@ -1,0 +1,10 @@
+"""DUME+: the ridge routers as initialisation, then the same router training as BTX."""
+from . import register
+from .base import BuildContext, Candidate
+from .btx import train
+from .dume import dume_model
+
+
+@register("dume_plus")
+def dume_plus(ctx: BuildContext) -> list[Candidate]:
+    return [train(dume_model(ctx), ctx, "dume_plus")]

@@ -1,0 +1,11 @@
+"""Uniform average of every parameter, MLPs included: one dense model."""
+from . import register
+from ..upcycle import weight_average as average
+from .base import BuildContext, Candidate, timed
+
+
+@register("weight_average")
+def weight_average(ctx: BuildContext) -> list[Candidate]:
+    with timed() as cost:
+        model = average(ctx.experts)
+    return [Candidate("weight_average", model, cost)]

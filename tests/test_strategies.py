@@ -1,0 +1,82 @@
+"""Strategies and router training on tiny random experts."""
+import math
+
+import pytest
+import torch
+
+from dume_exp import moe_blocks
+from dume_exp.router_training import RouterTrainingConfig, load_balance_loss, lr_factor, train_routers
+from dume_exp.strategies import STRATEGIES, BuildContext, RouterConfig, build
+
+from conftest import make_experts, random_batches
+
+
+def _ctx(steps=4, **training):
+    experts = make_experts(2, shared_backbone=False)
+    calib = [random_batches(2, 2, 16, seed=10 + d) for d in range(2)]
+    return BuildContext(
+        experts=experts, domains=["code", "law"],
+        calibration_batches=lambda: calib,
+        training_batches=lambda: [b for pair in zip(*calib) for b in pair],
+        router=RouterConfig(top_k=1, lam=1e-2),
+        training=RouterTrainingConfig(steps=steps, lr=1e-2, warmup_steps=2, **training),
+        progress=False,
+    )
+
+
+def test_every_strategy_builds_its_candidates():
+    ctx = _ctx()
+    names = {name: [c.name for c in build(name, ctx)] for name in STRATEGIES}
+    assert names == {
+        "dense_expert": ["expert:code", "expert:law"], "weight_average": ["weight_average"], "oracle": ["oracle"],
+        "random_routing": ["random_routing"], "dume": ["dume"], "btx": ["btx"], "dume_plus": ["dume_plus"],
+    }
+    with pytest.raises(ValueError, match="Unknown strategy 'dumee'"):
+        build("dumee", ctx)
+
+
+def test_dume_and_dume_plus_costs_and_oracle_routing():
+    ctx = _ctx(steps=3)
+    (dume,) = build("dume", ctx)
+    (plus,) = build("dume_plus", ctx)
+    (btx,) = build("btx", ctx)
+    assert dume.cost.forward_tokens == 2 * 2 * 2 * 16 and dume.cost.backward_tokens == 0
+    assert btx.cost.backward_tokens == 3 * 2 * 16 and btx.cost.forward_tokens == btx.cost.backward_tokens
+    assert plus.cost.forward_tokens == dume.cost.forward_tokens + 3 * 2 * 16
+    r_dume, r_plus = moe_blocks(dume.model)[0].router.weight, moe_blocks(plus.model)[0].router.weight
+    assert not torch.equal(r_dume, r_plus)  # DUME+ moved away from its ridge initialisation
+    (oracle,) = build("oracle", ctx)
+    with oracle.route_domain("law"):
+        assert all(b.forced_expert == 1 for b in moe_blocks(oracle.model))
+    assert all(b.forced_expert is None for b in moe_blocks(oracle.model))
+
+
+@pytest.mark.parametrize("gate_proj", [False, True])
+def test_router_training_touches_only_routers(gate_proj):
+    ctx = _ctx()
+    model = ctx.upcycled()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = ctx.training_batches()
+    losses = []
+    for _ in range(2):
+        cost = train_routers(model, batches, RouterTrainingConfig(steps=8, lr=3e-2, warmup_steps=1,
+                                                                  train_gate_proj=gate_proj), progress=False)
+        losses.append(cost.final_loss)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".router." in k or (gate_proj and ".gate_proj." in k) for k in changed)
+    assert any(".gate_proj." in k for k in changed) == gate_proj
+    assert losses[1] < losses[0]
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_lr_schedule_and_load_balance_loss():
+    cfg = RouterTrainingConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(110, cfg) == pytest.approx(0.1)
+    assert lr_factor(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    block = moe_blocks(_ctx().upcycled())[0]
+    uniform = torch.zeros(8, 2)
+    uniform[:4, 0], uniform[4:, 1] = 1e-3, 1e-3  # half the tokens to each expert, probabilities ≈ 1/2
+    assert load_balance_loss([uniform], [block]).item() == pytest.approx(1.0, abs=1e-3)
+    collapsed = torch.tensor([[5.0, -5.0]] * 8)
+    assert load_balance_loss([collapsed], [block]).item() == pytest.approx(2 * torch.sigmoid(torch.tensor(10.0)).item(), rel=1e-5)
