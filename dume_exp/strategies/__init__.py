@@ -27,6 +27,7 @@ def build(name: str, ctx: BuildContext) -> list[Candidate]:
     return STRATEGIES[name](ctx)
 
 
-from . import btx, dense_expert, dume, dume_plus, oracle, random_routing, weight_average  # noqa: E402,F401
+# Import order is registration order, which is the row order of every table.
+from . import dense_expert, weight_average, oracle, random_routing, dume, btx, dume_plus  # noqa: E402,F401,I001
 
 __all__ = ["STRATEGIES", "BuildContext", "Candidate", "Cost", "RouterConfig", "build", "register"]

@@ -1,0 +1,101 @@
+"""Structured-config schemas for the Hydra app: a misspelt key fails at start-up."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from .router_training import RouterTrainingConfig
+
+
+@dataclass
+class ExpertsConfig:
+    """Where the experts come from: the embedded zoo, or hub ids / local folders (``models``)."""
+
+    source: str = "zoo"  # zoo | pretrained
+    setting: str = "reasoning"  # the zoo setting (clm | reasoning) when source=zoo
+    domains: list[str] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)  # domain -> hub id or folder, source=pretrained
+    tokenizer: Optional[str] = None  # defaults to the first expert's
+    data_dir: Optional[str] = None  # calibration/evaluation data in the zoo layout; the zoo sets it
+    dtype: str = "float32"
+
+
+@dataclass
+class EvalConfig:
+    suite: str = "zoo_reasoning"  # zoo_clm | zoo_reasoning | paper_reasoning
+    split: str = "test"
+    batch_size: int = 8
+    limit: Optional[int] = None
+    protocol: str = "harness"  # harness | reference
+    apply_chat_template: Optional[bool] = None
+    max_gen_toks: Optional[int] = None
+    bootstrap_iters: int = 0
+    bf16: bool = True
+
+
+@dataclass
+class RouterConf:
+    top_k: int = 1
+    temperature: float = 1.0
+    lam: Any = 1.0e-2  # a float ≥ 0
+    normalize: bool = True
+    max_tokens_per_sequence: int = 1024
+
+
+@dataclass
+class CalibrationConfig:
+    split: str = "train"  # train | validation | test (test needs allow_eval_split)
+    allow_eval_split: bool = False
+    max_samples: int = 2048
+    batch_size: int = 8
+
+
+@dataclass
+class BtxConfig(RouterTrainingConfig):
+    batch_size: int = 8
+    seq_len: int = 512
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "wandb"  # wandb | none
+    project: str = "dume_exp"
+
+
+@dataclass
+class ZooConfig:
+    base: str = "smollm2-135m-instruct-gguf"  # or a hub id such as HuggingFaceTB/SmolLM2-135M
+    trainable: str = "all"  # all | mlp
+    steps: int = 150
+    batch_size: int = 8
+    seq_len: int = 256
+    lr: float = 1.0e-4
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    experiment: str = "reasoning"
+    title: str = ""
+    seed: int = 0
+    seeds: Optional[list[int]] = None  # repeats; mean ± std in the table
+    results_dir: str = "results"
+    progress: bool = True
+    strategy: dict[str, bool] = field(default_factory=dict)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    router: RouterConf = field(default_factory=RouterConf)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    btx: BtxConfig = field(default_factory=BtxConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    zoo: ZooConfig = field(default_factory=ZooConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    for group, node in (("experts", ExpertsConfig), ("eval", EvalConfig), ("router", RouterConf),
+                        ("calibration", CalibrationConfig), ("logger", LoggerConfig)):
+        cs.store(group=group, name="schema", node=node)

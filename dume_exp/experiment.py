@@ -1,0 +1,228 @@
+"""One experiment run: load the experts, build every selected strategy, score it with lm-eval, write results.
+
+Called by the Hydra entry point (``python -m dume_exp``) with the composed config.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .cache import write_json_atomic
+from .evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
+from .moe import moe_blocks, reset_routing_counts, routing_counts
+from .report import table_rows, write_report
+from .router_training import RouterTrainingConfig
+from .strategies import STRATEGIES, BuildContext, Candidate, RouterConfig, build
+from .tracking import Tracker, tracker
+
+log = logging.getLogger(__name__)
+SPLIT_FILES = {"train": ["train.jsonl"], "validation": ["validation.jsonl"], "test": ["test.jsonl", "*_test.jsonl"]}
+
+
+@dataclass
+class ExpertSet:
+    experts: list[PreTrainedModel]
+    tokenizer: Any
+    domains: list[str]
+    data_dir: Path
+    nltk_data: Path | None
+    provenance: dict[str, Any]
+
+
+def selected_strategies(cfg: DictConfig) -> list[str]:
+    chosen = [name for name, on in cfg.strategy.items() if on]
+    unknown = sorted(set(chosen) - set(STRATEGIES))
+    if unknown:
+        raise ValueError(f"Unknown strategy {unknown}; valid choices: {sorted(STRATEGIES)}.")
+    if not chosen:
+        raise ValueError(f"No strategy selected; use strategy=all or e.g. strategy=[dume,oracle] ({sorted(STRATEGIES)}).")
+    return [name for name in STRATEGIES if name in chosen]  # registry order: experts first
+
+
+def load_expert_set(cfg: DictConfig) -> ExpertSet:
+    """The experts of ``cfg.experts`` (building the embedded zoo when needed), their tokenizer and data."""
+    ec = cfg.experts
+    dtype = getattr(torch, ec.dtype)
+    if ec.source == "zoo":
+        from .zoo.build import ensure_zoo
+
+        zoo = ensure_zoo(ec.setting, cfg.zoo, progress=cfg.progress)
+        paths = {d: zoo.experts[d] for d in ec.domains}
+        data_dir, nltk_data, provenance = zoo.data_dir, zoo.nltk_data, zoo.manifest
+    elif ec.source == "pretrained":
+        missing = [d for d in ec.domains if d not in ec.models]
+        if missing:
+            raise ValueError(f"experts.models has no model for domain(s) {missing}; give experts.models.<domain>=<hub id or folder>.")
+        paths = {d: ec.models[d] for d in ec.domains}
+        if not ec.data_dir:
+            raise ValueError("experts.data_dir is required with experts.source=pretrained (calibration and evaluation data "
+                             "in the zoo layout: <data_dir>/<domain>/{train,test}.jsonl).")
+        data_dir, nltk_data, provenance = Path(ec.data_dir), None, {"models": dict(paths)}
+    else:
+        raise ValueError(f"experts.source must be 'zoo' or 'pretrained'; got {ec.source!r}.")
+    experts = [AutoModelForCausalLM.from_pretrained(str(paths[d]), dtype=dtype).eval() for d in ec.domains]
+    tokenizer = AutoTokenizer.from_pretrained(str(ec.tokenizer or paths[ec.domains[0]]))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return ExpertSet(experts, tokenizer, list(ec.domains), Path(data_dir), nltk_data, provenance)
+
+
+def domain_texts(data_dir: Path, domain: str, split: str) -> list[str]:
+    """Texts of one domain's split: rows' ``text``, else their question/prompt (and answer) fields."""
+    files = sorted({f for pattern in SPLIT_FILES[split] for f in (data_dir / domain).glob(pattern)})
+    if not files:
+        raise FileNotFoundError(f"No {split} data for domain {domain!r} under {data_dir / domain} "
+                                f"(looked for {SPLIT_FILES[split]}).")
+    texts = []
+    for f in files:
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            text = row.get("text") or "\n".join(str(row[k]) for k in ("question", "prompt", "answer") if k in row)
+            if text.strip():
+                texts.append(text)
+    return texts
+
+
+def calibration_texts(cfg: DictConfig, data_dir: Path, domains: list[str], seed: int) -> dict[str, list[str]]:
+    cal = cfg.calibration
+    if cal.split not in SPLIT_FILES:
+        raise ValueError(f"calibration.split must be one of {list(SPLIT_FILES)}; got {cal.split!r}.")
+    if cal.split == "test" and not cal.allow_eval_split:
+        raise ValueError("calibration.split=test uses the evaluation data for the routers (test leakage, the reference "
+                         "code's default); set calibration.allow_eval_split=true to do it anyway (tables mark it).")
+    if cal.max_samples < 1:
+        raise ValueError(f"calibration.max_samples must be ≥ 1; got {cal.max_samples}.")
+    out = {}
+    for d in domains:
+        texts = domain_texts(data_dir, d, cal.split)
+        random.Random(f"{seed}-{d}").shuffle(texts)
+        out[d] = texts[: cal.max_samples]
+    return out
+
+
+def make_batches(tokenizer: Any, texts: list[str], max_len: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Tokenise (truncating to ``max_len``) and right-pad into batches."""
+    batches = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_len, padding=True,
+                        return_tensors="pt")
+        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return batches
+
+
+def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
+    ev = cfg.eval
+    common = dict(max_gen_toks=ev.max_gen_toks, protocol=ev.protocol, nltk_data=expert_set.nltk_data)
+    if ev.suite == "zoo_clm":
+        suite = clm_suite(expert_set.data_dir, expert_set.domains, split=ev.split)
+    elif ev.suite == "zoo_reasoning":
+        suite = reasoning_suite(expert_set.data_dir, domains=expert_set.domains, **common)
+    elif ev.suite == "paper_reasoning":
+        suite = paper_reasoning_suite(domains=expert_set.domains, **common)
+    else:
+        raise ValueError(f"eval.suite must be zoo_clm, zoo_reasoning or paper_reasoning; got {ev.suite!r}.")
+    return suite.with_protocol(ev.protocol) if ev.protocol != suite.protocol else suite
+
+
+def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: Any, seed: int) -> dict[str, Any]:
+    """Score every domain (entering the candidate's routing context per domain) and read routing counts."""
+    ev = cfg.eval
+    model = cand.model
+    if ev.bf16 and next(model.parameters()).dtype == torch.float32:
+        model = model.to(torch.bfloat16)
+    has_moe = bool(moe_blocks(model))
+    scores, stderr, n, counts, wall = {}, {}, {}, {}, 0.0
+    for domain in suite.domains:
+        if has_moe:
+            reset_routing_counts(model)
+        with cand.route_domain(domain):
+            res: EvalResult = evaluate(model, tokenizer, suite.select([domain]), batch_size=ev.batch_size,
+                                       limit=ev.limit, bootstrap_iters=ev.bootstrap_iters, seed=seed,
+                                       apply_chat_template=ev.apply_chat_template)
+        s = res.domains[domain]
+        scores[domain], stderr[domain], n[domain], wall = s.score, s.stderr, s.n, wall + res.wall_s
+        if has_moe:
+            counts[domain] = routing_counts(model).tolist()
+    return {"name": cand.name, "scores": scores, "stderr": stderr, "n": n, "eval_wall_s": wall,
+            "cost": asdict(cand.cost), "info": cand.info, "routing_counts": counts}
+
+
+def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, track: Tracker) -> list[dict[str, Any]]:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    texts = calibration_texts(cfg, expert_set.data_dir, expert_set.domains, seed)
+    tok, r = expert_set.tokenizer, cfg.router
+    btx_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.btx).items() if k not in ("batch_size", "seq_len")}
+
+    def calibration() -> list[list[dict[str, torch.Tensor]]]:
+        return [make_batches(tok, texts[d], r.max_tokens_per_sequence, cfg.calibration.batch_size) for d in expert_set.domains]
+
+    def training() -> list[dict[str, torch.Tensor]]:
+        mixed = [t for d in expert_set.domains for t in texts[d]]
+        random.Random(seed).shuffle(mixed)
+        return make_batches(tok, mixed, cfg.btx.seq_len, cfg.btx.batch_size)
+
+    ctx = BuildContext(
+        experts=expert_set.experts, domains=expert_set.domains, calibration_batches=calibration,
+        training_batches=training, router=RouterConfig(r.top_k, r.temperature, float(r.lam), r.normalize,
+                                                       r.max_tokens_per_sequence),
+        training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
+    )
+    rows = []
+    for strategy in selected_strategies(cfg):
+        for cand in build(strategy, ctx):
+            log.info("seed %d: scoring %s (built in %.1fs)", seed, cand.name, cand.cost.wall_s)
+            row = {"strategy": strategy, **score_candidate(cand, cfg, suite, tok, seed)}
+            rows.append(row)
+            track.log({f"seed{seed}/{cand.name}/{d}": v for d, v in row["scores"].items()})
+            for domain, layer_counts in row["routing_counts"].items():
+                track.log_table(f"routing/seed{seed}/{cand.name}/{domain}",
+                                ["layer"] + [f"expert:{e}" for e in expert_set.domains],
+                                [[i, *c] for i, c in enumerate(layer_counts)])
+            del cand
+            gc.collect()
+    return rows
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run the experiment described by ``cfg``; write ``results.json`` in ``run_dir`` and the tables."""
+    start = time.perf_counter()
+    seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with tracker(cfg.logger.kind, run_dir, resolved, cfg.logger.project, name=run_dir.name,
+                 group=cfg.experiment) as track:
+        expert_set = load_expert_set(cfg)
+        suite = build_suite(cfg, expert_set)
+        per_seed = [{"seed": s, "rows": run_seed(cfg, expert_set, suite, s, track)} for s in seeds]
+        first = per_seed[0]["rows"][0]
+        metrics = {d: {"label": f"{suite.domains[d].metric} ({suite.domains[d].filter})",
+                       "higher_is_better": suite.domains[d].higher_is_better} for d in expert_set.domains}
+        results = {
+            "experiment": cfg.experiment, "title": cfg.title or cfg.experiment, "domains": expert_set.domains,
+            "metrics": metrics, "seed_list": seeds, "seeds": per_seed, "config": resolved,
+            "calibration": {"split": cfg.calibration.split, "max_samples": cfg.calibration.max_samples,
+                            "eval_split_leak": cfg.calibration.split == "test"},
+            "provenance": expert_set.provenance, "suite": suite.name, "protocol": suite.protocol,
+            "n_items": first["n"], "wall_s": time.perf_counter() - start,
+        }
+        write_json_atomic(run_dir / "results.json", results)
+        table = write_report(results, Path(cfg.results_dir) / cfg.experiment)
+        write_report(results, run_dir)
+        rows = table_rows(results)
+        cols = expert_set.domains + ["avg"]
+        for kind in ("raw", "retention"):
+            track.log_table(f"table/{kind}", ["strategy"] + cols, [[r["name"]] + [r[kind][c][0] for c in cols] for r in rows])
+        track.summary({f"retention/{r['name']}/avg": r["retention"]["avg"][0] for r in rows})
+        log.info("wrote %s and %s (%.0fs)", run_dir / "results.json", table, results["wall_s"])
+    return results
