@@ -49,6 +49,33 @@ def selected_strategies(cfg: DictConfig) -> list[str]:
     return [name for name in STRATEGIES if name in chosen]  # registry order: experts first
 
 
+def parse_lambda(value: Any) -> float | str:
+    """``router.lam``: a finite number ≥ 0, or ``auto`` (per-layer generalised cross-validation)."""
+    if value == "auto":
+        return "auto"
+    try:
+        lam = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"router.lam must be a number ≥ 0 or 'auto'; got {value!r}.") from None
+    if not lam >= 0 or lam == float("inf"):
+        raise ValueError(f"router.lam must be a finite number ≥ 0 or 'auto'; got {value!r}.")
+    return lam
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail before any model is loaded: strategy names, λ, calibration split."""
+    selected_strategies(cfg)
+    parse_lambda(cfg.router.lam)
+    cal = cfg.calibration
+    if cal.split not in SPLIT_FILES:
+        raise ValueError(f"calibration.split must be one of {list(SPLIT_FILES)}; got {cal.split!r}.")
+    if cal.split == "test" and not cal.allow_eval_split:
+        raise ValueError("calibration.split=test uses the evaluation data for the routers (test leakage, the reference "
+                         "code's default); set calibration.allow_eval_split=true to do it anyway (tables mark it).")
+    if cal.max_samples < 1:
+        raise ValueError(f"calibration.max_samples must be ≥ 1; got {cal.max_samples}.")
+
+
 def load_expert_set(cfg: DictConfig) -> ExpertSet:
     """The experts of ``cfg.experts`` (building the embedded zoo when needed), their tokenizer and data."""
     ec = cfg.experts
@@ -95,13 +122,6 @@ def domain_texts(data_dir: Path, domain: str, split: str) -> list[str]:
 
 def calibration_texts(cfg: DictConfig, data_dir: Path, domains: list[str], seed: int) -> dict[str, list[str]]:
     cal = cfg.calibration
-    if cal.split not in SPLIT_FILES:
-        raise ValueError(f"calibration.split must be one of {list(SPLIT_FILES)}; got {cal.split!r}.")
-    if cal.split == "test" and not cal.allow_eval_split:
-        raise ValueError("calibration.split=test uses the evaluation data for the routers (test leakage, the reference "
-                         "code's default); set calibration.allow_eval_split=true to do it anyway (tables mark it).")
-    if cal.max_samples < 1:
-        raise ValueError(f"calibration.max_samples must be ≥ 1; got {cal.max_samples}.")
     out = {}
     for d in domains:
         texts = domain_texts(data_dir, d, cal.split)
@@ -174,7 +194,7 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
 
     ctx = BuildContext(
         experts=expert_set.experts, domains=expert_set.domains, calibration_batches=calibration,
-        training_batches=training, router=RouterConfig(r.top_k, r.temperature, float(r.lam), r.normalize,
+        training_batches=training, router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize,
                                                        r.max_tokens_per_sequence),
         training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
     )
@@ -196,6 +216,7 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run the experiment described by ``cfg``; write ``results.json`` in ``run_dir`` and the tables."""
+    validate(cfg)
     start = time.perf_counter()
     seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -4,7 +4,6 @@ One eigendecomposition of every A_l serves every λ (a sweep costs one matrix pr
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,24 +31,47 @@ class RidgeSolver:
         self.eigenvalues, self.eigenvectors = torch.linalg.eigh(A)
         self.projected_targets = self.eigenvectors.transpose(-1, -2) @ stats.sums.transpose(1, 2)  # Qᵀb, [L, H+1, D]
 
-    def coefficients(self, lam: float) -> torch.Tensor:
+    def _per_layer(self, lam: float | torch.Tensor) -> torch.Tensor:
+        """λ as a ``[L, 1]`` float64 column (one value for all layers, or one per layer)."""
+        lam_t = torch.as_tensor(lam, dtype=torch.float64).reshape(-1)
+        if lam_t.numel() not in (1, self.eigenvalues.shape[0]) or not torch.isfinite(lam_t).all() or (lam_t < 0).any():
+            raise ValueError(f"The ridge penalty λ must be a finite number ≥ 0 (or one per layer); got {lam}.")
+        return lam_t.expand(self.eigenvalues.shape[0]).reshape(-1, 1)
+
+    def coefficients(self, lam: float | torch.Tensor) -> torch.Tensor:
         """W̃ = (A + λI)⁻¹ b for every layer, ``[L, H+1, D]`` float64 (bias row last)."""
-        lam = float(lam)
-        if not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"The ridge penalty λ must be a finite number ≥ 0; got {lam}.")
-        shifted = self.eigenvalues + lam
+        shifted = self.eigenvalues + self._per_layer(lam)
         tol = self.eigenvalues.abs().amax(dim=-1, keepdim=True) * shifted.shape[-1] * torch.finfo(shifted.dtype).eps
         bad = (shifted <= tol).any(dim=-1)
         if bad.any():
             layer = int(bad.nonzero()[0])
             raise ValueError(
                 f"A + λI is singular at layer {layer} (smallest eigenvalue {float(shifted[layer].min()):.3e} "
-                f"with λ={lam}): the calibration hidden states do not span the feature space. "
+                f"with λ={float(self._per_layer(lam)[layer])}): the calibration hidden states do not span the feature space. "
                 "Use λ > 0 (the paper uses 1e-2) or collect more calibration tokens."
             )
         return self.eigenvectors @ (self.projected_targets / shifted[..., None])
 
-    def solve(self, lam: float = 1e-2, normalize: bool = True) -> RouterWeights:
+    def gcv(self, lams: torch.Tensor) -> torch.Tensor:
+        """Generalised cross-validation score ``[L, len(lams)]`` of each layer's ridge fit to the one-hot targets.
+
+        GCV(λ) = N·RSS(λ) / (N − tr H(λ))², all from the statistics: with c = Qᵀb and σ the eigenvalues
+        of A, RSS = N − 2 Σᵢ‖cᵢ‖²/(σᵢ+λ) + Σᵢ σᵢ‖cᵢ‖²/(σᵢ+λ)² and tr H = Σᵢ σᵢ/(σᵢ+λ).
+        """
+        lams = torch.as_tensor(lams, dtype=torch.float64).reshape(1, -1, 1)  # [1, K, 1]
+        sigma = self.eigenvalues.clamp_min(0)[:, None, :]  # [L, 1, H+1]
+        c2 = (self.projected_targets ** 2).sum(-1)[:, None, :]  # [L, 1, H+1]
+        n = self.stats.token_counts.sum().double()
+        rss = n - 2 * (c2 / (sigma + lams)).sum(-1) + (sigma * c2 / (sigma + lams) ** 2).sum(-1)
+        dof = (sigma / (sigma + lams)).sum(-1)
+        return n * rss / (n - dof) ** 2
+
+    def select_lambda(self, grid: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-layer λ minimising GCV over ``grid`` (default: 10⁻⁶ … 10⁶, 49 log-spaced values)."""
+        grid = torch.logspace(-6, 6, 49, dtype=torch.float64) if grid is None else torch.as_tensor(grid, dtype=torch.float64)
+        return grid[self.gcv(grid).argmin(dim=1)]
+
+    def solve(self, lam: float | torch.Tensor = 1e-2, normalize: bool = True) -> RouterWeights:
         """Router weights for penalty ``lam``; ``normalize`` divides each expert's weight column and bias
         by the L2 norm of that weight column (the paper's convention)."""
         coef = self.coefficients(lam)

@@ -41,7 +41,7 @@ def _run(root: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_app_writes_results_and_a_consistent_table(micro_setup):
-    proc = _run(micro_setup)  # logger=wandb, offline
+    proc = _run(micro_setup, "router.lam=auto")  # logger=wandb, offline
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((micro_setup / "run" / "wandb").rglob("offline-run-*/run-*.wandb"))
     assert (micro_setup / "run" / "resolved_config.yaml").exists() and (micro_setup / "run" / "table.md").exists()
@@ -73,3 +73,5 @@ def test_bad_configuration_fails_fast_with_the_fix(micro_setup):
     assert proc.returncode != 0 and "allow_eval_split=true" in proc.stderr
     proc = _run(micro_setup, "logger=none", "strategy=dumee")
     assert proc.returncode != 0 and "Available options in 'strategy'" in proc.stderr
+    proc = _run(micro_setup, "logger=none", "router.lam=-1")
+    assert proc.returncode != 0 and "router.lam must be a finite number ≥ 0 or 'auto'" in proc.stderr

@@ -32,6 +32,28 @@ def _captured_inputs(moe, batches, d):
     return {i: torch.cat([x.reshape(-1, x.shape[-1])[m] for x, m in zip(xs, masks)]).numpy() for i, xs in captured.items()}
 
 
+def test_gcv_and_per_layer_lambda_match_explicit_hat_matrix():
+    moe = upcycle(make_experts(3, shared_backbone=False))
+    batches = [random_batches(2, 2, 10, seed=20 + d) for d in range(3)]
+    solver = RidgeSolver(collect_statistics(moe, batches, progress=False))
+    grid = torch.tensor([1e-3, 1e-1, 10.0, 1e3])
+    gcv = solver.gcv(grid).numpy()
+    for layer in range(2):
+        xs = [_captured_inputs(moe, batches[d], d)[layer] for d in range(3)]
+        X = np.concatenate([np.hstack([x, np.ones((len(x), 1))]) for x in xs])
+        Y = np.concatenate([np.eye(3)[[d] * len(x)] for d, x in enumerate(xs)])
+        n = len(X)
+        for j, lam in enumerate(grid.tolist()):
+            hat = X @ np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T)
+            want = n * ((Y - hat @ Y) ** 2).sum() / (n - np.trace(hat)) ** 2
+            assert gcv[layer, j] == pytest.approx(want, rel=1e-6)
+    chosen = solver.select_lambda(grid)
+    assert chosen.tolist() == [grid[i].item() for i in gcv.argmin(axis=1)]
+    both = solver.coefficients(chosen)
+    for layer in range(2):
+        assert torch.allclose(both[layer], solver.coefficients(chosen[layer].item())[layer], rtol=1e-12)
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_fit_routers_equals_numpy_ridge(normalize):
     moe = upcycle(make_experts(3, shared_backbone=False))

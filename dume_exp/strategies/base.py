@@ -22,7 +22,7 @@ Batch = dict[str, torch.Tensor]
 class RouterConfig:
     top_k: int = 1
     temperature: float = 1.0
-    lam: float = 1e-2
+    lam: float | str = 1e-2  # or "auto": per-layer λ by generalised cross-validation
     normalize: bool = True
     max_tokens_per_sequence: int = 1024
 

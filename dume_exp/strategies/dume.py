@@ -1,5 +1,5 @@
 """DUME: closed-form ridge routers from hidden-state statistics, no gradient steps."""
-from ..ridge import fit_routers
+from ..ridge import RidgeSolver, fit_routers
 from . import register
 from .base import BuildContext, Candidate, timed
 
@@ -8,9 +8,12 @@ def dume_model(ctx: BuildContext) -> Candidate:
     stats, collect_cost = ctx.statistics
     with timed() as cost:
         model = ctx.upcycled()
-        fit_routers(model, stats, lam=ctx.router.lam, normalize=ctx.router.normalize)
+        solver = RidgeSolver(stats)
+        lam = solver.select_lambda() if ctx.router.lam == "auto" else ctx.router.lam  # auto: per-layer GCV
+        fit_routers(model, solver, lam=lam, normalize=ctx.router.normalize)
+    lam_info = lam.tolist() if ctx.router.lam == "auto" else lam
     return Candidate("dume", model, collect_cost + cost,
-                     info={"lam": ctx.router.lam, "calibration_tokens": stats.token_counts.tolist()})
+                     info={"lam": lam_info, "calibration_tokens": stats.token_counts.tolist()})
 
 
 @register("dume")
