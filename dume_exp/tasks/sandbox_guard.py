@@ -1,0 +1,126 @@
+"""Child-side guard for the code sandbox; run as ``python -I -S -B sandbox_guard.py ROOT PROGRAM``.
+
+It is executed by the sandboxed interpreter (never imported by the parent). Before running the
+untrusted PROGRAM it disables, in Python, the things a generated solution has no business doing:
+creating sockets or resolving names, spawning or signalling processes, and writing, deleting or
+re-permissioning files outside ROOT (the sandbox's temporary working folder). These guards are a
+best-effort layer on top of the operating-system limits set by the parent (rlimits, a private
+network namespace when available); a determined program could undo them, the limits it cannot.
+"""
+import builtins
+import io
+import os
+import resource
+import sys
+
+ROOT = os.path.realpath(sys.argv[1])
+PROGRAM = sys.argv[2]
+
+
+def _inside_root(path) -> bool:
+    if isinstance(path, int):  # an already-open descriptor: its opening was checked
+        return True
+    real = os.path.realpath(os.fsdecode(path))
+    return real == ROOT or real.startswith(ROOT + os.sep)
+
+
+def _refuse(what: str):
+    def blocked(*args, **kwargs):
+        raise PermissionError(f"{what} is disabled in the sandbox")
+    return blocked
+
+
+def _guard_network() -> None:
+    import _socket
+    import socket
+
+    class NoSocket(socket.socket):
+        def __init__(self, *args, **kwargs):
+            raise PermissionError("network access is disabled in the sandbox")
+
+    class NoRawSocket(_socket.socket):
+        def __init__(self, *args, **kwargs):
+            raise PermissionError("network access is disabled in the sandbox")
+
+    socket.socket = socket.SocketType = NoSocket
+    _socket.socket = _socket.SocketType = NoRawSocket
+    for module in (socket, _socket):
+        for name in ("socketpair", "fromfd", "create_connection", "create_server", "getaddrinfo",
+                     "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
+            if hasattr(module, name):
+                setattr(module, name, _refuse(f"network call {name}"))
+
+
+def _guard_processes() -> None:
+    import _posixsubprocess
+    import subprocess
+
+    names = ("fork", "forkpty", "system", "popen", "kill", "killpg", "posix_spawn", "posix_spawnp",
+             "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe",
+             "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe")
+    for name in names:
+        if hasattr(os, name):
+            setattr(os, name, _refuse(f"os.{name}"))
+    _posixsubprocess.fork_exec = _refuse("process creation")
+    subprocess.Popen = _refuse("subprocess")
+    # No new processes or threads for this (unprivileged) user from here on; ignored for root.
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _guard_files() -> None:
+    real_open, real_os_open, real_fileio = builtins.open, os.open, io.FileIO
+
+    def checked(path, writing: bool, what: str) -> None:
+        if writing and not _inside_root(path):
+            raise PermissionError(f"{what} outside the sandbox folder is disabled: {path!r}")
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        checked(file, any(c in mode for c in "wax+"), "writing")
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        checked(path, bool(flags & _WRITE_FLAGS), "writing")
+        return real_os_open(path, flags, *args, **kwargs)
+
+    class GuardedFileIO(real_fileio):
+        def __init__(self, file, mode="r", *args, **kwargs):
+            checked(file, any(c in mode for c in "wax+"), "writing")
+            super().__init__(file, mode, *args, **kwargs)
+
+    builtins.open = io.open = guarded_open
+    os.open = guarded_os_open
+    io.FileIO = GuardedFileIO
+
+    def path_guard(name: str, n_paths: int):
+        real = getattr(os, name)
+
+        def guarded(*args, **kwargs):
+            for path in args[:n_paths]:
+                checked(path, True, f"os.{name}")
+            return real(*args, **kwargs)
+        setattr(os, name, guarded)
+
+    for name, n_paths in (("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("makedirs", 1),
+                          ("removedirs", 1), ("chmod", 1), ("chown", 1), ("lchown", 1), ("truncate", 1),
+                          ("utime", 1), ("mkfifo", 1), ("mknod", 1), ("rename", 2), ("replace", 2),
+                          ("renames", 2), ("link", 2), ("symlink", 2)):
+        if hasattr(os, name):
+            path_guard(name, n_paths)
+
+
+def main() -> None:
+    with open(PROGRAM, encoding="utf-8") as f:
+        source = f.read()
+    code = compile(source, PROGRAM, "exec")
+    _guard_network()
+    _guard_files()
+    _guard_processes()
+    sys.argv = [PROGRAM]
+    exec(code, {"__name__": "__main__", "__file__": PROGRAM, "__builtins__": builtins})
+
+
+if __name__ == "__main__":
+    main()

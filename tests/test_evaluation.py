@@ -1,0 +1,417 @@
+"""lm-eval evaluation: perplexity vs an independent forward pass, ARC acc_norm, GSM8K/HumanEval/IFEval
+scoring on canned responses, protocols, paper configs, and the code sandbox."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from dume_exp.evaluation import (REASONING_HEADLINES, _domain_score, clm_suite, evaluate, paper_reasoning_suite,
+                                 reasoning_suite, run_suite)
+from dume_exp.tasks import (OKAPI_ARC_LANGUAGES, HumanEvalScorer, SandboxLimits, network_namespace_prefix,
+                            run_python)
+from dume_exp.tasks.protocol import REFERENCE_GENERATION
+
+from conftest import tiny_model
+
+CHATML = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
+          "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
+CLM_DOCS = {
+    "code": ["def f(x):\n    return x + 1\n", "The quick brown fox.", "for i in range(3):\n    print(i)"],
+    "german": ["Der schnelle braune Fuchs springt über den faulen Hund.", "Öl und Wasser, 3 Äpfel!"],
+}
+GSM8K_TRAIN = [{"question": "Tom has 3 pens and buys 2 more. How many pens?", "answer": "3+2=5\n#### 5"},
+               {"question": "A box holds 4 eggs. How many eggs in 2 boxes?", "answer": "4*2=8\n#### 8"}]
+# question -> (canned response, gold answer), strict-match ok?, flexible-extract ok?
+GSM8K_CASES = {
+    "What is one plus one?": (" 1+1=2\n#### 2", "1+1=2\n#### 2", True, True),
+    "What is two plus two?": (" The answer is 4.", "2+2=4\n#### 4", False, True),
+    "What is three plus three?": (" I think 5, no wait, it is 7", "3+3=6\n#### 6", False, False),
+    "What is a thousand plus a thousand?": (" #### 2,000", "#### 2000", True, True),
+}
+HUMANEVAL = [
+    {"task_id": "t/0", "prompt": "def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n", "entry_point": "add",
+     "canonical_solution": "    return a + b\n",
+     "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"},
+    {"task_id": "t/1", "prompt": "def double(x):\n    \"\"\"Twice x.\"\"\"\n", "entry_point": "double",
+     "canonical_solution": "    return 2 * x\n", "test": "def check(candidate):\n    assert candidate(4) == 8\n"},
+]
+HUMANEVAL_COMPLETIONS = {"t/0": "    return a + b\n", "t/1": "    return x + 2\n"}  # the second is wrong
+IFEVAL = [  # (row, canned response): 5 instructions, 3 followed; prompts 1 and 3 fully followed
+    ({"key": 1, "prompt": "Write about bread, mention banana, no commas.",
+      "instruction_id_list": ["punctuation:no_comma", "keywords:existence"], "kwargs": [{}, {"keywords": ["banana"]}]},
+     "I like banana bread"),
+    ({"key": 2, "prompt": "Greet the world in lowercase without commas.",
+      "instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma"], "kwargs": [{}, {}]},
+     "Hello, World"),
+    ({"key": 3, "prompt": "Describe the sea in fewer than 3 sentences.",
+      "instruction_id_list": ["length_constraints:number_sentences"],
+      "kwargs": [{"relation": "less than", "num_sentences": 3}]},
+     "The sea is blue. It is large."),
+]
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def datasets_cache(tmp_path_factory):
+    """Keep the datasets json builder's Arrow cache out of the user's HF cache."""
+    import datasets.config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf_datasets"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def nltk_data(tmp_path_factory) -> Path:
+    """A minimal punkt_tab folder (abbreviations only) so IFEval's sentence splitting works offline."""
+    root = tmp_path_factory.mktemp("nltk_data")
+    english = root / "tokenizers" / "punkt_tab" / "english"
+    english.mkdir(parents=True)
+    (english / "abbrev_types.txt").write_text("e.g\ni.e\nmr\nmrs\ndr\netc\nvs\n")
+    for name in ("collocations.tab", "sent_starters.txt", "ortho_context.tab"):
+        (english / name).write_text("")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, nltk_data) -> Path:
+    root = tmp_path_factory.mktemp("eval_data")
+    for domain, docs in CLM_DOCS.items():
+        _write_jsonl(root / "clm" / domain / "test.jsonl", [{"text": t} for t in docs])
+    r = root / "reasoning"
+    _write_jsonl(r / "math" / "gsm8k_test.jsonl",
+                 [{"question": q, "answer": gold} for q, (_, gold, _, _) in GSM8K_CASES.items()])
+    _write_jsonl(r / "math" / "gsm8k_train.jsonl", GSM8K_TRAIN)
+    _write_jsonl(r / "coding" / "humaneval_test.jsonl", HUMANEVAL)
+    _write_jsonl(r / "instruction" / "ifeval_test.jsonl", [row for row, _ in IFEVAL])
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_tokenizer):
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = CHATML
+    return tiny_model(vocab_size=len(tok), max_position_embeddings=512), tok
+
+
+class CannedLM:
+    """An lm-eval LM answering generation requests from a table keyed by text found in the prompt."""
+
+    def __new__(cls, responses: dict[str, str]):
+        from lm_eval.api.model import LM
+
+        class _Canned(LM):
+            def __init__(self):
+                super().__init__()
+                self.contexts: list[str] = []
+
+            def generate_until(self, requests, disable_tqdm: bool = False):
+                out = []
+                for req in requests:
+                    context = req.args[0]
+                    self.contexts.append(context)
+                    key = max(responses, key=lambda k: context.rfind(k))
+                    assert context.rfind(key) >= 0, f"no canned response for {context!r}"
+                    out.append(responses[key])
+                return out
+
+            def loglikelihood(self, requests, disable_tqdm: bool = False):
+                raise NotImplementedError
+
+            loglikelihood_rolling = loglikelihood
+
+        return _Canned()
+
+
+def _sequence_logprob(model, ids: list[int], n_target: int) -> float:
+    """Sum of log p(ids[i] | ids[:i]) over the last ``n_target`` positions, one plain forward pass."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids[:-1]])).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
+    targets = torch.tensor(ids[1:])
+    return logp[torch.arange(len(targets)), targets][-n_target:].sum().item()
+
+
+def test_perplexity_matches_independent_forward_pass(data, model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    result = evaluate(model, tok, clm_suite(data / "clm", domains=list(CLM_DOCS)), batch_size=2,
+                      bootstrap_iters=200, log_samples=True)
+    assert result.suite == "clm-test" and not result.apply_chat_template and result.wall_s > 0
+    for domain, docs in CLM_DOCS.items():
+        ll, n_bytes, n_words = 0.0, 0, 0
+        for text in docs:
+            ids = tok.encode(text)
+            ll += _sequence_logprob(model, [tok.bos_token_id, *ids], len(ids))
+            n_bytes += len(text.encode("utf-8"))
+            n_words += len(re.split(r"\s+", text))
+        score = result.domains[domain]
+        assert score.metric == "byte_perplexity" and score.higher_is_better is False and score.n == len(docs)
+        assert score.score == pytest.approx(math.exp(-ll / n_bytes), rel=1e-4)
+        raw = result.raw["results"][f"dume_ppl_{domain}_test"]
+        assert raw["word_perplexity,none"] == pytest.approx(math.exp(-ll / n_words), rel=1e-4)
+        assert raw["bits_per_byte,none"] == pytest.approx(-ll / n_bytes / math.log(2), rel=1e-4)
+        # document-level bootstrap of the weighted perplexity: positive and reproducible from the seed
+        spec = clm_suite(data / "clm", domains=[domain]).domains[domain]
+        assert score.stderr is not None and score.stderr > 0
+        assert _domain_score(spec, result.raw, 200, 0).stderr == score.stderr
+        assert _domain_score(spec, result.raw, 0, 0).stderr is None
+
+
+def _arc_choice_scores(model, tok, question: str, choices: list[str]) -> tuple[int, int]:
+    """(argmax loglikelihood, argmax loglikelihood / len(choice)) as lm-eval's multiple_choice defines them."""
+    context = f"Question: {question}\nAnswer:"
+    ctx_ids = tok.encode(context)
+    lls = []
+    for choice in choices:
+        whole = tok.encode(context + " " + choice)
+        n_cont = len(whole) - len(ctx_ids)
+        lls.append(_sequence_logprob(model, whole, n_cont))
+    norm = [ll / len(c) for ll, c in zip(lls, choices)]
+    return max(range(len(lls)), key=lls.__getitem__), max(range(len(norm)), key=norm.__getitem__)
+
+
+def test_arc_acc_norm_matches_independent_scoring(tmp_path, model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    labels = ["A", "B", "C"]
+    items = {"aa": [("Which animal barks?", ["dog", "cat", "fox"]), ("What is red?", ["the sea", "fire", "grass"])],
+             "bb": [("Which is a number?", ["seven", "blue", "fast"]), ("What do fish do?", ["swim", "fly", "sing"])]}
+    expected_acc = {}
+    for lang, rows in items.items():
+        out, hits = [], []
+        for i, (question, choices) in enumerate(rows):
+            best, best_norm = _arc_choice_scores(model, tok, question, choices)
+            # language aa: item 0 gold = the normalised argmax, item 1 gold = another choice -> acc_norm 0.5
+            gold = best_norm if (lang == "bb" or i == 0) else (best_norm + 1) % 3
+            hits.append(float(best == gold))
+            out.append({"id": f"{lang}{i}", "question": question, "answerKey": labels[gold],
+                        "choices": {"text": choices, "label": labels}})
+        _write_jsonl(tmp_path / "multilingual" / f"arc_{lang}_test.jsonl", out)
+        expected_acc[lang] = sum(hits) / len(hits)
+    suite = reasoning_suite(tmp_path, domains=["multilingual"], chat=False)
+    assert [t["task"] for t in suite.tasks()] == ["dume_arc_aa", "dume_arc_bb"]  # languages discovered
+    result = evaluate(model, tok, suite, batch_size=3)
+    score = result.domains["multilingual"]
+    assert score.per_task == {"dume_arc_aa": 0.5, "dume_arc_bb": 1.0}
+    assert score.score == 0.75 and score.n == 4
+    assert score.stderr == pytest.approx(math.sqrt(0.5 ** 2 + 0.0) / 2)  # binomial se per language, averaged
+    for lang, acc in expected_acc.items():
+        assert result.raw["results"][f"dume_arc_{lang}"]["acc,none"] == acc
+    assert "samples" not in result.raw
+
+
+def test_gsm8k_exact_match_on_canned_responses(data, nltk_data):
+    lm = CannedLM({q: resp for q, (resp, _, _, _) in GSM8K_CASES.items()})
+    suite = reasoning_suite(data / "reasoning", domains=["math"], num_fewshot=2, chat=False)
+    result = run_suite(lm, suite)
+    strict = [c[2] for c in GSM8K_CASES.values()]
+    flexible = [c[3] for c in GSM8K_CASES.values()]
+    score = result.domains["math"]
+    assert (score.metric, score.n) == ("exact_match", 4)
+    assert score.score == sum(flexible) / 4 == 0.75
+    assert score.stderr == pytest.approx(0.25)  # std([1,1,0,1], ddof=1) / sqrt(4)
+    assert result.raw["results"]["dume_math_gsm8k"]["exact_match,strict-match"] == sum(strict) / 4
+    # the harness prompt: 2 few-shot examples from the train file, then the question
+    for context in lm.contexts:
+        assert context.count("Question:") == 3 and context.startswith("Question: ") and context.endswith("\nAnswer:")
+        assert all(row["question"] in context for row in GSM8K_TRAIN)
+
+
+def test_humaneval_pass_at_1_through_the_harness(data):
+    lm = CannedLM({row["prompt"]: HUMANEVAL_COMPLETIONS[row["task_id"]] for row in HUMANEVAL})
+    suite = reasoning_suite(data / "reasoning", domains=["coding"], chat=False)
+    task = suite.tasks()[0]
+    assert task["generation_kwargs"]["until"] == ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+    assert task["generation_kwargs"]["do_sample"] is False
+    result = run_suite(lm, suite, log_samples=True)
+    assert result.domains["coding"].score == 0.5 and result.domains["coding"].n == 2
+    assert sorted(lm.contexts) == sorted(row["prompt"] for row in HUMANEVAL)  # the raw prompt, zero-shot
+    per_item = {s["doc"]["task_id"]: s["pass@1"] for s in result.raw["samples"]["dume_coding_humaneval"]}
+    assert per_item == {"t/0": 1.0, "t/1": 0.0}
+    exported = json.loads(json.dumps(result.to_dict()))  # JSON-safe despite the scorer object in the configs
+    assert exported["domains"]["coding"]["score"] == 0.5 and "HumanEvalScorer" in json.dumps(exported["raw"]["configs"])
+
+
+def test_humaneval_scorer_builds_programs():
+    doc = HUMANEVAL[0]
+    plain, instruct = HumanEvalScorer(), HumanEvalScorer(instruct=True)
+    fenced = "    return a + b\n```\nThis adds the numbers.\n"
+    assert plain.program(doc, "    return a + b\n").endswith("check(add)\n")
+    assert instruct(doc, [fenced]) == {"pass@1": 1.0}  # the explanation after the fence is cut
+    assert plain(doc, [fenced]) == {"pass@1": 0.0}  # plain prompts keep it, as lm-eval does: a syntax error
+    assert plain(doc, [doc["canonical_solution"]]) == {"pass@1": 1.0}
+
+
+def test_ifeval_scores_canned_responses(data, nltk_data):
+    lm = CannedLM({row["prompt"]: response for row, response in IFEVAL})
+    suite = reasoning_suite(data / "reasoning", domains=["instruction"], chat=False, nltk_data=nltk_data)
+    result = run_suite(lm, suite, bootstrap_iters=100)
+    score = result.domains["instruction"]
+    assert (score.metric, score.n) == ("inst_level_strict_acc", 3)
+    assert score.score == pytest.approx(3 / 5)
+    assert result.raw["results"]["dume_ifeval"]["prompt_level_strict_acc,none"] == pytest.approx(2 / 3)
+    assert score.stderr is not None and 0 < score.stderr < 0.5  # prompt-level bootstrap
+
+
+def test_chat_template_and_reference_protocol(data, model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    chat = evaluate(model, tok, reasoning_suite(data / "reasoning", domains=["math"], num_fewshot=1, max_gen_toks=4),
+                    limit=1, log_samples=True)
+    context = chat.raw["samples"]["dume_math_gsm8k"][0]["arguments"][0][0]
+    assert chat.apply_chat_template and context.count("<|im_start|>user") == 2  # one few-shot turn + the question
+    assert context.endswith("<|im_start|>assistant\n")
+
+    suite = reasoning_suite(data / "reasoning", domains=["math"], chat=False, protocol="reference")
+    task = suite.tasks()[0]
+    assert suite.protocol == "reference" and task["num_fewshot"] == 0 and task["doc_to_text"] == "{{question}}"
+    assert task["generation_kwargs"] == REFERENCE_GENERATION
+
+    def responses(seed):
+        res = evaluate(model, tok, suite, limit=2, seed=seed, log_samples=True, batch_size=2)
+        samples = [s for s in res.raw["samples"]["dume_math_gsm8k"] if s["filter"] == "strict-match"]
+        assert [s["arguments"][0][0] for s in samples] == [s["doc"]["question"] for s in samples]  # raw question
+        return [s["resps"][0][0] for s in samples]
+
+    first = responses(0)
+    assert responses(0) == first  # sampling is seeded
+    assert responses(1) != first
+
+
+def test_paper_suite_configs_without_loading_data(nltk_data):
+    assert len(OKAPI_ARC_LANGUAGES) == 31 and {"de", "fr", "zh"} <= set(OKAPI_ARC_LANGUAGES)
+    suite = paper_reasoning_suite(arc_languages=("de", "fr"), nltk_data=nltk_data)
+    tasks = {t["task"]: t for t in suite.tasks()}
+    assert list(tasks) == ["gsm8k", "arc_de", "arc_fr", "humaneval_instruct", "ifeval"]
+    assert (tasks["gsm8k"]["dataset_path"], tasks["gsm8k"]["num_fewshot"]) == ("openai/gsm8k", 5)
+    assert (tasks["arc_de"]["dataset_path"], tasks["arc_de"]["dataset_name"]) == ("alexandrainst/m_arc", "de")
+    assert callable(tasks["arc_fr"]["process_docs"])
+    assert tasks["humaneval_instruct"]["dataset_path"] == "openai/openai_humaneval"
+    assert isinstance(tasks["humaneval_instruct"]["process_results"], HumanEvalScorer)
+    assert tasks["humaneval_instruct"]["process_results"].instruct
+    assert tasks["ifeval"]["dataset_path"] == "google/IFEval"
+    assert {d: (s.metric, s.filter) for d, s in suite.domains.items()} == REASONING_HEADLINES
+    reference = suite.with_protocol("reference")
+    ref_tasks = {t["task"]: t for t in reference.tasks()}
+    assert ref_tasks["arc_de"] == tasks["arc_de"]  # log-likelihood tasks are unchanged
+    assert ref_tasks["humaneval_instruct"]["doc_to_text"] == "{{prompt}}"
+    assert "gen_prefix" not in ref_tasks["humaneval_instruct"]
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="gsm8k_test.jsonl"):
+        reasoning_suite(tmp_path, domains=["math"])
+    with pytest.raises(FileNotFoundError, match="arc_<lang>_test.jsonl"):
+        reasoning_suite(tmp_path, domains=["multilingual"])
+
+
+# ----------------------------------------------------------------------------------------------- sandbox
+
+FAST = SandboxLimits(timeout_s=1.0, memory_mb=256)
+
+
+def test_sandbox_passes_and_fails():
+    ok = run_python("def f(x):\n    return x + 1\nassert f(1) == 2\nprint('done')", FAST)
+    assert ok.passed and ok.returncode == 0 and ok.stdout.strip() == "done"
+    wrong = run_python("assert 1 + 1 == 3", FAST)
+    assert wrong.status == "failed" and "AssertionError" in wrong.stderr
+
+
+def test_sandbox_times_out_an_infinite_loop():
+    res = run_python("while True:\n    pass", FAST)
+    assert res.status == "timeout" and res.wall_s < 3.0
+
+
+def test_sandbox_refuses_huge_memory():
+    res = run_python("x = bytearray(4 * 1024 ** 3)\nprint('allocated')", FAST)
+    assert res.status == "failed" and "MemoryError" in res.stderr and "allocated" not in res.stdout
+
+
+def test_sandbox_blocks_processes_and_truncates_output():
+    assert "os.fork is disabled" in run_python("import os\nos.fork()", FAST).stderr
+    assert "subprocess is disabled" in run_python("import subprocess\nsubprocess.run(['true'])", FAST).stderr
+    loud = run_python("print('x' * 100000)", FAST)
+    assert loud.passed and len(loud.stdout) < FAST.max_output_chars + 100 and loud.stdout.endswith("[truncated]")
+
+
+def test_sandbox_writes_only_inside_its_folder(tmp_path):
+    outside = tmp_path / "outside.txt"
+    program = (
+        "import os\n"
+        "open('inside.txt', 'w').write('x')\n"
+        "assert open('inside.txt').read() == 'x'\n"
+        "print(os.getcwd())\n"
+        f"for attempt in (lambda: open({str(outside)!r}, 'w'), lambda: os.open({str(outside)!r}, os.O_CREAT | os.O_WRONLY),\n"
+        f"                lambda: os.remove({str(tmp_path)!r})):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except PermissionError:\n"
+        "        print('blocked')\n"
+    )
+    res = run_python(program, FAST)
+    assert res.passed, res.stderr
+    workdir, *blocked = res.stdout.split()
+    assert blocked == ["blocked"] * 3
+    assert not outside.exists() and tmp_path.exists()
+    assert not Path(workdir).exists() and Path(workdir).name.startswith("dume_sandbox_")  # removed afterwards
+
+
+def _connections_while(program: str, limits: SandboxLimits) -> tuple[int, str]:
+    """Run ``program`` (``PORT`` substituted) while a local server counts incoming connections."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        res = run_python(program.replace("PORT", str(port)), limits)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+    return len(accepted), res.stdout + res.stderr
+
+
+def test_sandbox_blocks_sockets():
+    n, output = _connections_while(
+        "import socket\ns = socket.create_connection(('127.0.0.1', PORT), timeout=1)\nprint('connected')", FAST)
+    assert n == 0 and "network" in output and "connected" not in output
+    n, output = _connections_while("import _socket\n_socket.socket()", FAST)
+    assert "network access is disabled" in output
+
+
+@pytest.mark.skipif(not network_namespace_prefix(), reason="no network namespace on this machine")
+def test_network_namespace_stops_code_that_bypasses_the_python_guard():
+    # ctypes calls libc directly, past the Python-level guard; only the empty namespace stops it.
+    program = ("import ctypes, struct\nlibc = ctypes.CDLL(None)\nfd = libc.socket(2, 1, 0)\n"
+               "addr = struct.pack('!HH4s8x', 2, PORT, bytes([127, 0, 0, 1]))\n"
+               "addr = struct.pack('=H', 2) + addr[2:]\n"
+               "print('rc', libc.connect(fd, addr, len(addr)))\n")
+    isolated = run_python("print(open('/proc/self/net/dev').read())", FAST)
+    assert isolated.network_namespace and [ln.split(":")[0].strip() for ln in isolated.stdout.splitlines()[2:]
+                                           if ln.strip()] == ["lo"]
+    n, output = _connections_while(program, FAST)
+    assert n == 0 and "rc -1" in output
+    n, output = _connections_while(program, SandboxLimits(timeout_s=2.0, isolate_network=False))
+    assert n == 1 and "rc 0" in output  # the same code does connect without the namespace
