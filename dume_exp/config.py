@@ -50,6 +50,7 @@ class CalibrationConfig:
     allow_eval_split: bool = False
     max_samples: int = 2048
     batch_size: int = 8
+    store_statistics: bool = True  # reuse router statistics from <cache>/statistics (keyed by content)
 
 
 @dataclass

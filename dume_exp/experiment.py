@@ -22,6 +22,7 @@ from .evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_
 from .moe import moe_blocks, reset_routing_counts, routing_counts
 from .report import table_rows, write_report
 from .router_training import RouterTrainingConfig
+from .stats_store import StatisticsStore
 from .strategies import STRATEGIES, BuildContext, Candidate, RouterConfig, build
 from .tracking import Tracker, tracker
 
@@ -197,6 +198,7 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
         training_batches=training, router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize,
                                                        r.max_tokens_per_sequence),
         training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
+        stats_store=StatisticsStore() if cfg.calibration.store_statistics else None,
     )
     rows = []
     for strategy in selected_strategies(cfg):

@@ -63,6 +63,14 @@ class RouterStatistics:
             )
         return RouterStatistics(self.gram + other.gram, self.sums + other.sums, list(self.expert_names))
 
+    @classmethod
+    def concat(cls, parts: Sequence["RouterStatistics"]) -> "RouterStatistics":
+        """Join statistics of disjoint expert sets (same layers and hidden size) along the expert axis."""
+        names = [n for p in parts for n in p.expert_names]
+        if not parts or len(set(names)) != len(names) or len({p.gram.shape[0::2] for p in parts}) != 1:
+            raise ValueError(f"concat needs statistics of the same layers and hidden size with distinct experts; got {names}.")
+        return cls(torch.cat([p.gram for p in parts], 1), torch.cat([p.sums for p in parts], 1), names)
+
     def select(self, experts: Sequence[int | str]) -> "RouterStatistics":
         """Statistics of a subset of experts (by index or name), in the given order."""
         idx = [self.expert_names.index(e) if isinstance(e, str) else int(e) for e in experts]
@@ -114,23 +122,30 @@ def collect_statistics(
     max_tokens_per_sequence: int = 1024,
     expert_names: Sequence[str] | None = None,
     progress: bool = True,
+    experts: Sequence[int] | None = None,
 ) -> RouterStatistics:
     """Accumulate router statistics with every MoE block forced to expert ``d`` on ``batches_by_expert[d]``.
 
     Each batch is a dict with ``input_ids`` and optionally ``attention_mask`` (left or right
     padding). Only non-padding tokens among the first ``max_tokens_per_sequence`` real tokens of a
     sequence count; x is the MoE block's input (the post-attention-norm hidden state).
+    ``experts`` restricts the pass to those expert indices (``batches_by_expert`` then lists
+    their data in that order), e.g. to add one new expert's statistics to stored ones.
     """
     blocks = require_moe_blocks(model)
     num_experts, hidden = blocks[0].num_experts, blocks[0].router.in_features
-    if len(batches_by_expert) != num_experts:
-        raise ValueError(f"batches_by_expert has {len(batches_by_expert)} entries but the model has {num_experts} experts.")
+    experts = list(range(num_experts)) if experts is None else [int(d) for d in experts]
+    if any(not 0 <= d < num_experts for d in experts):
+        raise ValueError(f"experts {experts} out of range: the model has {num_experts} experts.")
+    if len(batches_by_expert) != len(experts):
+        raise ValueError(f"batches_by_expert has {len(batches_by_expert)} entries but {len(experts)} experts are "
+                         f"collected (the model has {num_experts} experts).")
     if int(max_tokens_per_sequence) < 1:
         raise ValueError(f"max_tokens_per_sequence must be a positive integer; got {max_tokens_per_sequence}.")
-    names = list(expert_names) if expert_names is not None else [f"expert_{d}" for d in range(num_experts)]
+    names = list(expert_names) if expert_names is not None else [f"expert_{d}" for d in experts]
     device = next(model.parameters()).device
-    gram = torch.zeros(len(blocks), num_experts, hidden + 1, hidden + 1, dtype=torch.float64, device=device)
-    sums = torch.zeros(len(blocks), num_experts, hidden + 1, dtype=torch.float64, device=device)
+    gram = torch.zeros(len(blocks), len(experts), hidden + 1, hidden + 1, dtype=torch.float64, device=device)
+    sums = torch.zeros(len(blocks), len(experts), hidden + 1, dtype=torch.float64, device=device)
     state: dict = {}
 
     def make_hook(layer: int):
@@ -146,10 +161,10 @@ def collect_statistics(
     was_training = model.training
     model.eval()
     try:
-        for d, batches in enumerate(batches_by_expert):
-            state["expert"] = d
+        for slot, (d, batches) in enumerate(zip(experts, batches_by_expert)):
+            state["expert"] = slot
             with force_expert(model, d):
-                for batch in tqdm(batches, desc=f"router statistics: {names[d]}", disable=not progress, leave=False):
+                for batch in tqdm(batches, desc=f"router statistics: {names[slot]}", disable=not progress, leave=False):
                     packed = _pack(batch, int(max_tokens_per_sequence))
                     if packed is None:
                         continue
@@ -161,7 +176,7 @@ def collect_statistics(
             h.remove()
         model.train(was_training)
     counts = sums[0, :, -1]
-    empty = [names[d] for d in range(num_experts) if counts[d] == 0]
+    empty = [names[slot] for slot in range(len(experts)) if counts[slot] == 0]
     if empty:
         raise ValueError(f"No calibration tokens for expert(s) {empty}: give every expert at least one non-empty sequence.")
     return RouterStatistics(gram.cpu(), sums.cpu(), names)

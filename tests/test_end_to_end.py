@@ -30,7 +30,7 @@ def micro_setup(tmp_path_factory, tiny_tokenizer):
 
 def _run(root: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf"),
-           "WANDB_MODE": "offline"}
+           "WANDB_MODE": "offline", "DUME_CACHE": str(root / "cache")}
     cmd = [sys.executable, "-m", "dume_exp", "+experiment=clm", "experts.source=pretrained",
            "experts.domains=[prose,code]",
            f"+experts.models.prose={root}/experts/prose", f"+experts.models.code={root}/experts/code",

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 
 from ..router_training import RouterTrainingConfig
 from ..statistics import RouterStatistics, collect_statistics
+from ..stats_store import StatisticsStore
 from ..upcycle import upcycle
 
 Batch = dict[str, torch.Tensor]
@@ -63,18 +64,27 @@ class BuildContext:
     training: RouterTrainingConfig = field(default_factory=RouterTrainingConfig)
     seed: int = 0
     progress: bool = True
+    stats_store: StatisticsStore | None = None
 
     def upcycled(self) -> PreTrainedModel:
         return upcycle(self.experts, top_k=self.router.top_k, temperature=self.router.temperature, seed=self.seed)
 
     @cached_property
-    def statistics(self) -> tuple[RouterStatistics, Cost]:
-        """Router statistics under the averaged backbone, collected once per context."""
-        start = time.perf_counter()
+    def statistics(self) -> tuple[RouterStatistics, Cost, dict[str, Any]]:
+        """Router statistics under the averaged backbone, once per context (from the store when it has them).
+
+        The cost is that of collecting them (for stored statistics: the original pass's wall time).
+        """
         batches = self.calibration_batches()
-        stats = collect_statistics(self.upcycled(), batches, self.router.max_tokens_per_sequence,
-                                   expert_names=list(self.domains), progress=self.progress)
-        return stats, Cost(time.perf_counter() - start, int(stats.token_counts.sum()), 0)
+        model, max_tokens = self.upcycled(), self.router.max_tokens_per_sequence
+        if self.stats_store is None:
+            start = time.perf_counter()
+            stats = collect_statistics(model, batches, max_tokens, expert_names=list(self.domains), progress=self.progress)
+            wall = time.perf_counter() - start
+            report = {"collected": list(self.domains), "loaded": [], "collect_wall_s": wall, "wall_s": wall}
+        else:
+            stats, report = self.stats_store.statistics(model, batches, max_tokens, list(self.domains), self.progress)
+        return stats, Cost(report["wall_s"], int(stats.token_counts.sum()), 0), report
 
 
 @contextlib.contextmanager

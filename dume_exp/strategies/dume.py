@@ -5,7 +5,7 @@ from .base import BuildContext, Candidate, timed
 
 
 def dume_model(ctx: BuildContext) -> Candidate:
-    stats, collect_cost = ctx.statistics
+    stats, collect_cost, report = ctx.statistics
     with timed() as cost:
         model = ctx.upcycled()
         solver = RidgeSolver(stats)
@@ -13,7 +13,8 @@ def dume_model(ctx: BuildContext) -> Candidate:
         fit_routers(model, solver, lam=lam, normalize=ctx.router.normalize)
     lam_info = lam.tolist() if ctx.router.lam == "auto" else lam
     return Candidate("dume", model, collect_cost + cost,
-                     info={"lam": lam_info, "calibration_tokens": stats.token_counts.tolist()})
+                     info={"lam": lam_info, "calibration_tokens": stats.token_counts.tolist(),
+                           "statistics": {k: report[k] for k in ("collected", "loaded", "collect_wall_s")}})
 
 
 @register("dume")

@@ -1,0 +1,104 @@
+"""Persistent router-statistics store: per expert, keyed by exactly what determines the statistics.
+
+An expert's statistics depend on the backbone (every parameter outside the MoE blocks), that expert's
+MLPs, its calibration tokens, ``max_tokens_per_sequence``, the model dtype and the collector's code
+version; not on the routers (statistics are collected under forced routing) nor on the other experts.
+So λ sweeps, repeated runs and added experts load them instead of running forward passes.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .cache import cache_root, recipe_key
+from .moe import require_moe_blocks
+from .statistics import RouterStatistics, collect_statistics
+
+COLLECTOR_VERSION = 1
+
+
+def tensor_fingerprint(tensors: Iterable[torch.Tensor]) -> str:
+    """Digest of the tensors' dtypes, shapes and bytes, in order."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def batches_fingerprint(batches: Iterable[Mapping[str, torch.Tensor]]) -> str:
+    return tensor_fingerprint(t for b in batches for k in sorted(b) for t in [torch.as_tensor(b[k])])
+
+
+def backbone_fingerprint(model: nn.Module) -> str:
+    """Every parameter outside the MoE blocks (embeddings, attention, norms, head)."""
+    inside = {id(p) for b in require_moe_blocks(model) for p in b.parameters()}
+    return tensor_fingerprint(p for _, p in sorted(model.named_parameters()) if id(p) not in inside)
+
+
+def expert_fingerprint(model: nn.Module, expert: int) -> str:
+    return tensor_fingerprint(p for b in require_moe_blocks(model) for p in b.experts[expert].parameters())
+
+
+class StatisticsStore:
+    """Statistics files under ``<root>/<key>.safetensors`` (default root: ``<cache>/statistics``)."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else cache_root() / "statistics"
+
+    def keys(self, model: nn.Module, batches_by_expert: Sequence[Sequence[Mapping[str, torch.Tensor]]],
+             max_tokens_per_sequence: int) -> list[str]:
+        backbone = backbone_fingerprint(model)
+        dtype = str(next(model.parameters()).dtype)
+        return [recipe_key({"backbone": backbone, "expert": expert_fingerprint(model, d),
+                            "data": batches_fingerprint(batches), "max_tokens_per_sequence": int(max_tokens_per_sequence),
+                            "dtype": dtype, "collector": COLLECTOR_VERSION}, length=24)
+                for d, batches in enumerate(batches_by_expert)]
+
+    def statistics(
+        self,
+        model: nn.Module,
+        batches_by_expert: Sequence[Sequence[Mapping[str, torch.Tensor]]],
+        max_tokens_per_sequence: int,
+        expert_names: Sequence[str],
+        progress: bool = True,
+    ) -> tuple[RouterStatistics, dict]:
+        """Stored statistics where they exist, a collection pass for the rest; returns them with a report
+        (``collected``/``loaded`` expert names, ``collect_wall_s`` now, and the original ``wall_s``/``tokens``)."""
+        keys = self.keys(model, batches_by_expert, max_tokens_per_sequence)
+        paths = [self.root / f"{k}.safetensors" for k in keys]
+        missing = [d for d, p in enumerate(paths) if not p.exists()]
+        start = time.perf_counter()
+        if missing:
+            fresh = collect_statistics(model, [batches_by_expert[d] for d in missing], max_tokens_per_sequence,
+                                       expert_names=[expert_names[d] for d in missing], progress=progress,
+                                       experts=missing)
+            wall = time.perf_counter() - start
+            for slot, d in enumerate(missing):
+                share = wall * float(fresh.token_counts[slot]) / max(1, int(fresh.token_counts.sum()))
+                fresh.select([slot]).save(paths[d], metadata={"wall_s": repr(share), "key": keys[d]})
+        collect_wall = time.perf_counter() - start
+        parts, original_wall = [], 0.0
+        for d, path in enumerate(paths):
+            part = RouterStatistics.load(path)
+            parts.append(RouterStatistics(part.gram, part.sums, [expert_names[d]]))
+            original_wall += float(_metadata(path).get("wall_s", "0"))
+        stats = RouterStatistics.concat(parts)
+        report = {"collected": [expert_names[d] for d in missing],
+                  "loaded": [expert_names[d] for d in range(len(paths)) if d not in missing],
+                  "collect_wall_s": collect_wall, "wall_s": original_wall, "tokens": int(stats.token_counts.sum()),
+                  "keys": keys}
+        return stats, report
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
