@@ -6,10 +6,11 @@ non-MLP parameter is the mean of the experts', and each ``model.model.layers[i].
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -79,6 +80,24 @@ def check_compatible(experts: Sequence[PreTrainedModel]) -> None:
         for name in sorted(set(ref_shapes) | set(shapes)):
             if ref_shapes.get(name) != shapes.get(name):
                 fail(f"parameter {name} shape", ref_shapes.get(name), shapes.get(name))
+
+
+@contextlib.contextmanager
+def dense_view(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """Temporarily show an upcycled model as a dense one (expert 0's MLPs, no MoE layout), e.g. to check
+    a new expert's compatibility; nothing is copied and everything is restored on exit."""
+    layers = decoder_layers(model)
+    blocks = [layer.mlp for layer in layers]
+    layout = getattr(model.config, CONFIG_KEY)
+    for layer, block in zip(layers, blocks):
+        layer.mlp = block.experts[0]
+    delattr(model.config, CONFIG_KEY)
+    try:
+        yield model
+    finally:
+        for layer, block in zip(layers, blocks):
+            layer.mlp = block
+        setattr(model.config, CONFIG_KEY, layout)
 
 
 def _mlp_parameter_ids(model: nn.Module) -> set[int]:
