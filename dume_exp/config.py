@@ -7,6 +7,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 from .router_training import RouterTrainingConfig
+from .zoo.train import TrainConfig
 
 
 @dataclass
@@ -66,14 +67,10 @@ class LoggerConfig:
 
 
 @dataclass
-class ZooConfig:
-    base: str = "smollm2-135m-instruct-gguf"  # or a hub id such as HuggingFaceTB/SmolLM2-135M
-    trainable: str = "all"  # all | mlp
-    steps: int = 150
-    batch_size: int = 8
-    seq_len: int = 256
-    lr: float = 1.0e-4
-    seed: int = 0
+class ZooConfig(TrainConfig):
+    """The embedded zoo: the base model spec plus the expert fine-tuning hyperparameters."""
+
+    base: str = "smollm2-135m-instruct-gguf"  # or a hub id (HuggingFaceTB/SmolLM2-135M) or a local folder
 
 
 @dataclass

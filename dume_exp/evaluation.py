@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .tasks import (HEADLINE_PERPLEXITY, OKAPI_ARC_LANGUAGES, PASS_AT_1, SandboxLimits, apply_protocol, arc_task,
-                    gsm8k_task, humaneval_task, ifeval_task, paper_arc_task, paper_gsm8k_task,
-                    paper_humaneval_task, paper_ifeval_task, perplexity_task)
+from .tasks import (HEADLINE_PERPLEXITY, OKAPI_ARC_LANGUAGES, PASS_AT_1, PERPLEXITY_METRICS, SandboxLimits,
+                    apply_protocol, arc_task, gsm8k_task, humaneval_task, ifeval_task, paper_arc_task,
+                    paper_gsm8k_task, paper_humaneval_task, paper_ifeval_task, perplexity_task)
 from .tasks.common import with_max_gen_toks
 
 CLM_DOMAINS = ("code", "math", "biomedical", "legal", "german")
@@ -75,15 +75,29 @@ class Suite:
             raise KeyError(f"Suite {self.name!r} has no domain(s) {unknown}; it has {list(self.domains)}.")
         return replace(self, domains={d: self.domains[d] for d in domains})
 
+    def _map_tasks(self, fn: Callable[[dict[str, Any]], dict[str, Any]], **changes: Any) -> Suite:
+        domains = {d: replace(spec, tasks=tuple(fn(t) for t in spec.tasks)) for d, spec in self.domains.items()}
+        return replace(self, domains=domains, **changes)
+
     def with_protocol(self, protocol: str) -> Suite:
-        """The suite's tasks rewritten for ``protocol`` (see :mod:`dume_exp.tasks.protocol`)."""
-        domains = {d: replace(spec, tasks=tuple(apply_protocol(t, protocol) for t in spec.tasks))
-                   for d, spec in self.domains.items()}
-        return replace(self, domains=domains, protocol=protocol)
+        """The suite's tasks rewritten for ``protocol`` (see :mod:`dume_exp.tasks.protocol`).
+
+        Generation budgets become the protocol's. Only a ``"harness"`` suite can be rewritten.
+        """
+        if self.protocol not in ("harness", protocol):
+            raise ValueError(f"Suite {self.name!r} already uses the {self.protocol!r} protocol; rebuild it "
+                             f"with protocol={protocol!r} instead.")
+        return self._map_tasks(lambda t: apply_protocol(t, protocol), protocol=protocol)
+
+    def with_max_gen_toks(self, max_gen_toks: int | None) -> Suite:
+        """Every generation task capped at ``max_gen_toks`` new tokens (``None``: unchanged)."""
+        return self._map_tasks(lambda t: with_max_gen_toks(t, max_gen_toks))
 
 
 @dataclass(frozen=True)
 class DomainScore:
+    """One domain's headline ``score`` (mean over its tasks), standard error, items and per-task scores."""
+
     score: float
     stderr: float | None
     n: int
@@ -119,6 +133,8 @@ class EvalResult:
 def clm_suite(clm_dir: str | Path, domains: Sequence[str] = CLM_DOMAINS, split: str = "test",
               metric: str = HEADLINE_PERPLEXITY) -> Suite:
     """Per-domain perplexity on ``<clm_dir>/<domain>/<split>.jsonl`` (rows ``{"text"}``)."""
+    if metric not in PERPLEXITY_METRICS:
+        raise ValueError(f"CLM metric must be one of {list(PERPLEXITY_METRICS)}; got {metric!r}.")
     clm_dir = Path(clm_dir)
     specs = {d: DomainSpec((perplexity_task(f"dume_ppl_{d}_{split}", clm_dir / d / f"{split}.jsonl"),),
                            metric, "none", higher_is_better=False) for d in domains}
@@ -130,12 +146,8 @@ def _reasoning_suite(name: str, builders: Mapping[str, Callable[[], list[dict[st
     unknown = sorted(set(domains) - set(builders))
     if unknown:
         raise KeyError(f"Unknown reasoning domain(s) {unknown}; choose from {list(builders)}.")
-    specs = {}
-    for d in domains:
-        metric, filter_name = REASONING_HEADLINES[d]
-        tasks = tuple(with_max_gen_toks(t, max_gen_toks) for t in builders[d]())
-        specs[d] = DomainSpec(tasks, metric, filter_name, higher_is_better=True)
-    return Suite(name, specs, apply_chat_template=chat).with_protocol(protocol)
+    specs = {d: DomainSpec(tuple(builders[d]()), *REASONING_HEADLINES[d], higher_is_better=True) for d in domains}
+    return Suite(name, specs, apply_chat_template=chat).with_protocol(protocol).with_max_gen_toks(max_gen_toks)
 
 
 def _discover_arc_languages(folder: Path) -> list[str]:
@@ -156,7 +168,8 @@ def reasoning_suite(reasoning_dir: str | Path, *, domains: Sequence[str] = REASO
     ``math/gsm8k_train.jsonl``); ``arc_languages`` default to every ``multilingual/arc_<lang>_test.jsonl``;
     ``coding_sets`` name ``coding/<set>_test.jsonl`` files (HumanEval schema). ``chat=True``
     (an instruct model) applies the chat template and uses lm-eval's instruct HumanEval prompt.
-    ``max_gen_toks=None`` keeps each task's own generation budget.
+    ``max_gen_toks`` caps every generation task, the protocol's own budget included (``None``: the
+    task's or protocol's default).
     """
     root = Path(reasoning_dir)
     builders = {

@@ -277,8 +277,11 @@ def test_chat_template_and_reference_protocol(data, model_and_tokenizer):
     assert suite.protocol == "reference" and task["num_fewshot"] == 0 and task["doc_to_text"] == "{{question}}"
     assert task["generation_kwargs"] == REFERENCE_GENERATION
 
+    short = reasoning_suite(data / "reasoning", domains=["math"], chat=False, protocol="reference", max_gen_toks=24)
+    assert short.tasks()[0]["generation_kwargs"] == {**REFERENCE_GENERATION, "max_gen_toks": 24}
+
     def responses(seed):
-        res = evaluate(model, tok, suite, limit=2, seed=seed, log_samples=True, batch_size=2)
+        res = evaluate(model, tok, short, limit=2, seed=seed, log_samples=True, batch_size=2)
         samples = [s for s in res.raw["samples"]["dume_math_gsm8k"] if s["filter"] == "strict-match"]
         assert [s["arguments"][0][0] for s in samples] == [s["doc"]["question"] for s in samples]  # raw question
         return [s["resps"][0][0] for s in samples]
@@ -323,6 +326,8 @@ FAST = SandboxLimits(timeout_s=1.0, memory_mb=256)
 def test_sandbox_passes_and_fails():
     ok = run_python("def f(x):\n    return x + 1\nassert f(1) == 2\nprint('done')", FAST)
     assert ok.passed and ok.returncode == 0 and ok.stdout.strip() == "done"
+    hashes = {run_python("import sys\nprint(hash('abc'), sys.path[0])", FAST).stdout for _ in range(2)}
+    assert len(hashes) == 1 and "dume_exp" not in hashes.pop()  # fixed hash seed; no package dir on the path
     wrong = run_python("assert 1 + 1 == 3", FAST)
     assert wrong.status == "failed" and "AssertionError" in wrong.stderr
 
@@ -339,7 +344,7 @@ def test_sandbox_refuses_huge_memory():
 
 def test_sandbox_blocks_processes_and_truncates_output():
     assert "os.fork is disabled" in run_python("import os\nos.fork()", FAST).stderr
-    assert "subprocess is disabled" in run_python("import subprocess\nsubprocess.run(['true'])", FAST).stderr
+    assert "process creation is disabled" in run_python("import subprocess\nsubprocess.run(['true'])", FAST).stderr
     loud = run_python("print('x' * 100000)", FAST)
     assert loud.passed and len(loud.stdout) < FAST.max_output_chars + 100 and loud.stdout.endswith("[truncated]")
 
@@ -351,7 +356,8 @@ def test_sandbox_writes_only_inside_its_folder(tmp_path):
         "open('inside.txt', 'w').write('x')\n"
         "assert open('inside.txt').read() == 'x'\n"
         "print(os.getcwd())\n"
-        f"for attempt in (lambda: open({str(outside)!r}, 'w'), lambda: os.open({str(outside)!r}, os.O_CREAT | os.O_WRONLY),\n"
+        f"for attempt in (lambda: open({str(outside)!r}, 'w'),\n"
+        f"                lambda: os.open({str(outside)!r}, os.O_CREAT | os.O_WRONLY),\n"
         f"                lambda: os.remove({str(tmp_path)!r})):\n"
         "    try:\n"
         "        attempt()\n"

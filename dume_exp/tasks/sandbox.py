@@ -7,8 +7,9 @@ Layers, from the operating system up:
   open files, no core dumps; a wall-clock timeout that kills the whole process group;
 * a private network namespace (``unshare --net``, or ``unshare --user --map-root-user --net``
   unprivileged) when the machine permits it — probed once, silently skipped otherwise;
-* an isolated interpreter (``-I -S -B``) with a minimal environment, stdin closed, and
-  stdout/stderr captured to anonymous files (bounded by the file-size limit) then truncated;
+* an interpreter without site-packages or user site (``-s -S -B``) in a minimal environment
+  (fixed ``PYTHONHASHSEED``), stdin closed, and stdout/stderr captured to anonymous files
+  (bounded by the file-size limit) then truncated;
 * :mod:`dume_exp.tasks.sandbox_guard`, which disables sockets, process creation and writes outside
   the folder in Python before the program runs (it also drops ``RLIMIT_NPROC`` to 0).
 
@@ -16,6 +17,7 @@ Model code never runs in the parent process.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -139,7 +141,7 @@ def run_python(source: str, limits: SandboxLimits = SandboxLimits()) -> SandboxR
         Path(workdir, _PROGRAM).write_text(source, encoding="utf-8")
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": workdir,
                "TMPDIR": workdir, "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}
-        cmd = [*prefix, limits.python, "-I", "-S", "-B", str(GUARD), workdir, _PROGRAM]
+        cmd = [*prefix, limits.python, "-s", "-S", "-B", str(GUARD), workdir, _PROGRAM]
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -149,7 +151,8 @@ def run_python(source: str, limits: SandboxLimits = SandboxLimits()) -> SandboxR
                 returncode = proc.wait()
                 timed_out = returncode in (-signal.SIGXCPU, -signal.SIGKILL)
             else:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 returncode, timed_out = None, True
             wall = time.perf_counter() - start
