@@ -17,6 +17,7 @@ class ExpertsConfig:
     source: str = "zoo"  # zoo | pretrained
     setting: str = "reasoning"  # the zoo setting (clm | reasoning) when source=zoo
     domains: list[str] = field(default_factory=list)
+    subset: Optional[list[str]] = None  # run on these domains' experts only (expert-count sweeps)
     models: dict[str, str] = field(default_factory=dict)  # domain -> hub id or folder, source=pretrained
     tokenizer: Optional[str] = None  # defaults to the first expert's
     data_dir: Optional[str] = None  # calibration/evaluation data in the zoo layout; the zoo sets it
@@ -43,6 +44,7 @@ class RouterConf:
     lam: Any = 1.0e-2  # a float ≥ 0
     normalize: bool = True
     max_tokens_per_sequence: int = 1024
+    statistics: str = "exact"  # with experts.subset: exact (recollect under the subset's backbone) | fast (reuse)
 
 
 @dataclass
@@ -81,6 +83,8 @@ class Config:
     seeds: Optional[list[int]] = None  # repeats; mean ± std in the table
     results_dir: str = "results"
     progress: bool = True
+    resume: bool = True  # skip a configuration whose results cell already exists
+    write_table: bool = True  # update <results_dir>/<experiment>/table.md
     strategy: dict[str, bool] = field(default_factory=dict)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

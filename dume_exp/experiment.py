@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .cache import write_json_atomic
+from .cache import recipe_key, write_json_atomic
 from .evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
 from .moe import moe_blocks, reset_routing_counts, routing_counts
 from .report import table_rows, write_report
@@ -32,12 +32,19 @@ SPLIT_FILES = {"train": ["train.jsonl"], "validation": ["validation.jsonl"], "te
 
 @dataclass
 class ExpertSet:
-    experts: list[PreTrainedModel]
-    tokenizer: Any
+    """Every expert of the set (``all_*``) and the active subset (``experts.subset``, default all)."""
+
+    all_experts: list[PreTrainedModel]
+    all_domains: list[str]
     domains: list[str]
+    tokenizer: Any
     data_dir: Path
     nltk_data: Path | None
     provenance: dict[str, Any]
+
+    @property
+    def experts(self) -> list[PreTrainedModel]:
+        return [self.all_experts[self.all_domains.index(d)] for d in self.domains]
 
 
 def selected_strategies(cfg: DictConfig) -> list[str]:
@@ -75,6 +82,11 @@ def validate(cfg: DictConfig) -> None:
                          "code's default); set calibration.allow_eval_split=true to do it anyway (tables mark it).")
     if cal.max_samples < 1:
         raise ValueError(f"calibration.max_samples must be ≥ 1; got {cal.max_samples}.")
+    subset = list(cfg.experts.subset or [])
+    if subset and (len(subset) < 2 or not set(subset) <= set(cfg.experts.domains) or len(set(subset)) != len(subset)):
+        raise ValueError(f"experts.subset must name ≥ 2 distinct domains of {list(cfg.experts.domains)}; got {subset}.")
+    if cfg.router.statistics not in ("exact", "fast"):
+        raise ValueError(f"router.statistics must be 'exact' or 'fast'; got {cfg.router.statistics!r}.")
 
 
 def load_expert_set(cfg: DictConfig) -> ExpertSet:
@@ -102,7 +114,8 @@ def load_expert_set(cfg: DictConfig) -> ExpertSet:
     tokenizer = AutoTokenizer.from_pretrained(str(ec.tokenizer or paths[ec.domains[0]]))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return ExpertSet(experts, tokenizer, list(ec.domains), Path(data_dir), nltk_data, provenance)
+    active = list(ec.subset) if ec.subset else list(ec.domains)
+    return ExpertSet(experts, list(ec.domains), active, tokenizer, Path(data_dir), nltk_data, provenance)
 
 
 def domain_texts(data_dir: Path, domain: str, split: str) -> list[str]:
@@ -181,25 +194,30 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
 def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, track: Tracker) -> list[dict[str, Any]]:
     random.seed(seed)
     torch.manual_seed(seed)
-    texts = calibration_texts(cfg, expert_set.data_dir, expert_set.domains, seed)
+    texts = calibration_texts(cfg, expert_set.data_dir, expert_set.all_domains, seed)
     tok, r = expert_set.tokenizer, cfg.router
     btx_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.btx).items() if k not in ("batch_size", "seq_len")}
 
-    def calibration() -> list[list[dict[str, torch.Tensor]]]:
-        return [make_batches(tok, texts[d], r.max_tokens_per_sequence, cfg.calibration.batch_size) for d in expert_set.domains]
+    def calibration(domains: list[str]) -> list[list[dict[str, torch.Tensor]]]:
+        return [make_batches(tok, texts[d], r.max_tokens_per_sequence, cfg.calibration.batch_size) for d in domains]
 
-    def training() -> list[dict[str, torch.Tensor]]:
-        mixed = [t for d in expert_set.domains for t in texts[d]]
+    def training(domains: list[str]) -> list[dict[str, torch.Tensor]]:
+        mixed = [t for d in domains for t in texts[d]]
         random.Random(seed).shuffle(mixed)
         return make_batches(tok, mixed, cfg.btx.seq_len, cfg.btx.batch_size)
 
-    ctx = BuildContext(
-        experts=expert_set.experts, domains=expert_set.domains, calibration_batches=calibration,
-        training_batches=training, router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize,
-                                                       r.max_tokens_per_sequence),
-        training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
-        stats_store=StatisticsStore() if cfg.calibration.store_statistics else None,
-    )
+    def context(domains: list[str], experts: list[PreTrainedModel], parent: BuildContext | None) -> BuildContext:
+        return BuildContext(
+            experts=experts, domains=domains, calibration_batches=lambda: calibration(domains),
+            training_batches=lambda: training(domains),
+            router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize, r.max_tokens_per_sequence),
+            training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
+            stats_store=StatisticsStore() if cfg.calibration.store_statistics else None, parent=parent,
+        )
+
+    subset = expert_set.domains != expert_set.all_domains
+    parent = context(expert_set.all_domains, expert_set.all_experts, None) if subset and r.statistics == "fast" else None
+    ctx = context(expert_set.domains, expert_set.experts, parent)
     rows = []
     for strategy in selected_strategies(cfg):
         for cand in build(strategy, ctx):
@@ -216,9 +234,39 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
     return rows
 
 
+# Config entries that do not change a run's numbers (left out of its cell key).
+PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "write_table")
+
+
+def cell_path(cfg: DictConfig) -> Path:
+    """Where the results of this exact configuration are kept, keyed by the hash of what determines them."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    key = recipe_key({k: v for k, v in resolved.items() if k not in PRESENTATION_KEYS}, length=20)
+    return Path(cfg.results_dir) / cfg.experiment / "cells" / f"{key}.json"
+
+
+def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> None:
+    """Write the results into the run folder and its cell, and the table when ``write_table``."""
+    write_json_atomic(run_dir / "results.json", results)
+    write_json_atomic(cell_path(cfg), results)
+    write_report(results, run_dir)
+    if cfg.write_table:
+        write_report(results, Path(cfg.results_dir) / cfg.experiment)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run the experiment described by ``cfg``; write ``results.json`` in ``run_dir`` and the tables."""
+    """Run the experiment described by ``cfg``; write ``results.json`` in ``run_dir`` and the tables.
+
+    With ``resume`` (default) a configuration whose cell already exists is not run again (this is what
+    makes an interrupted multirun resumable: finished cells are skipped, missing ones computed).
+    """
     validate(cfg)
+    cell = cell_path(cfg)
+    if cfg.resume and cell.exists():
+        results = json.loads(cell.read_text())
+        log.info("cell %s already finished; skipping (resume=false recomputes it)", cell)
+        publish(cfg, results, run_dir)
+        return results
     start = time.perf_counter()
     seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -238,14 +286,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                             "eval_split_leak": cfg.calibration.split == "test"},
             "provenance": expert_set.provenance, "suite": suite.name, "protocol": suite.protocol,
             "n_items": first["n"], "wall_s": time.perf_counter() - start,
+            "all_domains": expert_set.all_domains, "statistics_mode": cfg.router.statistics,
         }
-        write_json_atomic(run_dir / "results.json", results)
-        table = write_report(results, Path(cfg.results_dir) / cfg.experiment)
-        write_report(results, run_dir)
+        publish(cfg, results, run_dir)
         rows = table_rows(results)
         cols = expert_set.domains + ["avg"]
         for kind in ("raw", "retention"):
             track.log_table(f"table/{kind}", ["strategy"] + cols, [[r["name"]] + [r[kind][c][0] for c in cols] for r in rows])
         track.summary({f"retention/{r['name']}/avg": r["retention"]["avg"][0] for r in rows})
-        log.info("wrote %s and %s (%.0fs)", run_dir / "results.json", table, results["wall_s"])
+        log.info("wrote %s and %s (%.0fs)", run_dir / "results.json", cell, results["wall_s"])
     return results

@@ -66,6 +66,10 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
         assert float(ret[name]["avg"]) == pytest.approx((float(ret[name]["prose"]) + float(ret[name]["code"])) / 2)
     md = (micro_setup / "results" / "clm" / "table.md").read_text()
     assert "## Retention (%)" in md and "| dume |" in md and "Calibration split: **train**" in md
+    # Re-running the same configuration skips the finished cell and republishes the same numbers.
+    again = _run(micro_setup, "router.lam=auto", f"hydra.run.dir={micro_setup}/run_again")
+    assert again.returncode == 0 and "already finished; skipping" in again.stdout + again.stderr
+    assert json.loads((micro_setup / "run_again" / "results.json").read_text())["seeds"] == results["seeds"]
 
 
 def test_bad_configuration_fails_fast_with_the_fix(micro_setup):

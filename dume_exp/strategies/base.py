@@ -65,6 +65,7 @@ class BuildContext:
     seed: int = 0
     progress: bool = True
     stats_store: StatisticsStore | None = None
+    parent: "BuildContext | None" = None  # fast mode: statistics of this larger expert set, subset-selected
 
     def upcycled(self) -> PreTrainedModel:
         return upcycle(self.experts, top_k=self.router.top_k, temperature=self.router.temperature, seed=self.seed)
@@ -75,6 +76,9 @@ class BuildContext:
 
         The cost is that of collecting them (for stored statistics: the original pass's wall time).
         """
+        if self.parent is not None:
+            stats, cost, report = self.parent.statistics
+            return stats.select(list(self.domains)), cost, {**report, "mode": "fast", "from": list(self.parent.domains)}
         batches = self.calibration_batches()
         model, max_tokens = self.upcycled(), self.router.max_tokens_per_sequence
         if self.stats_store is None:

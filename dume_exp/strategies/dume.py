@@ -14,7 +14,8 @@ def dume_model(ctx: BuildContext) -> Candidate:
     lam_info = lam.tolist() if ctx.router.lam == "auto" else lam
     return Candidate("dume", model, collect_cost + cost,
                      info={"lam": lam_info, "calibration_tokens": stats.token_counts.tolist(),
-                           "statistics": {k: report[k] for k in ("collected", "loaded", "collect_wall_s")}})
+                           "statistics": {k: report.get(k, "exact") if k == "mode" else report[k]
+                                          for k in ("collected", "loaded", "collect_wall_s", "mode")}})
 
 
 @register("dume")
