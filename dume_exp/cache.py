@@ -21,9 +21,16 @@ def cache_root() -> Path:
     return Path(xdg) / "dume_exp"
 
 
+def _stable(obj: Any) -> str:
+    """A run-independent stand-in for values JSON cannot hold (functions by qualified name, not address)."""
+    if callable(obj):
+        return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+    return str(obj)
+
+
 def recipe_key(recipe: Mapping[str, Any], length: int = 16) -> str:
-    """Stable hex digest of a JSON-serialisable recipe (key order does not matter)."""
-    blob = json.dumps(recipe, sort_keys=True, separators=(",", ":"), default=str)
+    """Stable hex digest of a recipe (key order does not matter; callables count by qualified name)."""
+    blob = json.dumps(recipe, sort_keys=True, separators=(",", ":"), default=_stable)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 

@@ -34,7 +34,8 @@ class EvalConfig:
     apply_chat_template: Optional[bool] = None
     max_gen_toks: Optional[int] = None
     bootstrap_iters: int = 0
-    bf16: bool = True
+    bf16: bool = True  # evaluate fp32 models in bf16 (faster on CPUs with native bf16)
+    cache: bool = True  # reuse a score when weights, routing, tasks, data and eval knobs are unchanged
 
 
 @dataclass

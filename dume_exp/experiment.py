@@ -4,11 +4,13 @@ Called by the Hydra entry point (``python -m dume_exp``) with the composed confi
 """
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .cache import recipe_key, write_json_atomic
+from .cache import cache_root, file_sha256, recipe_key, write_json_atomic
 from .evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
 from .moe import moe_blocks, reset_routing_counts, routing_counts
 from .report import table_rows, write_report
 from .router_training import RouterTrainingConfig
-from .stats_store import StatisticsStore
+from .stats_store import StatisticsStore, tensor_fingerprint
 from .strategies import STRATEGIES, BuildContext, Candidate, RouterConfig, build
 from .tracking import Tracker, tracker
 
@@ -168,27 +170,61 @@ def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
     return suite.with_protocol(ev.protocol) if ev.protocol != suite.protocol else suite
 
 
+def _data_files(obj: Any) -> list[str]:
+    """Existing files named anywhere in a task config (their contents enter the evaluation key)."""
+    if isinstance(obj, Mapping):
+        return [f for v in obj.values() for f in _data_files(v)]
+    if isinstance(obj, (list, tuple)):
+        return [f for v in obj for f in _data_files(v)]
+    return [obj] if isinstance(obj, str) and len(obj) < 4096 and Path(obj).is_file() else []
+
+
+def evaluation_key(model: torch.nn.Module, cand: Candidate, domain: str, suite: Suite, cfg: DictConfig, seed: int) -> str:
+    """Hash of everything that determines one domain's score: weights, routing, tasks and data, eval knobs."""
+    tasks = suite.domains[domain].tasks
+    ev = {k: cfg.eval[k] for k in ("batch_size", "limit", "protocol", "apply_chat_template", "max_gen_toks",
+                                   "bootstrap_iters")}
+    return recipe_key({"model": tensor_fingerprint(model.state_dict().values()), "candidate": cand.name,
+                       "domain": domain, "tasks": tasks, "data": [file_sha256(f) for f in _data_files(list(tasks))],
+                       "eval": ev, "seed": seed, "routing": [(b.top_k, b.temperature) for b in moe_blocks(model)]},
+                      length=24)
+
+
 def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: Any, seed: int) -> dict[str, Any]:
-    """Score every domain (entering the candidate's routing context per domain) and read routing counts."""
+    """Score every domain (entering the candidate's routing context per domain) and read routing counts.
+
+    Scores are cached under :func:`evaluation_key` (``eval.cache``), so a dense expert or an unchanged
+    candidate is evaluated once across runs and sweep cells.
+    """
     ev = cfg.eval
     model = cand.model
     if ev.bf16 and next(model.parameters()).dtype == torch.float32:
-        model = model.to(torch.bfloat16)
+        model = copy.deepcopy(model).to(torch.bfloat16)  # never convert the shared experts in place
     has_moe = bool(moe_blocks(model))
-    scores, stderr, n, counts, wall = {}, {}, {}, {}, 0.0
+    scores, stderr, n, counts, wall, cached = {}, {}, {}, {}, 0.0, []
     for domain in suite.domains:
-        if has_moe:
-            reset_routing_counts(model)
-        with cand.route_domain(domain):
-            res: EvalResult = evaluate(model, tokenizer, suite.select([domain]), batch_size=ev.batch_size,
-                                       limit=ev.limit, bootstrap_iters=ev.bootstrap_iters, seed=seed,
-                                       apply_chat_template=ev.apply_chat_template)
-        s = res.domains[domain]
-        scores[domain], stderr[domain], n[domain], wall = s.score, s.stderr, s.n, wall + res.wall_s
-        if has_moe:
-            counts[domain] = routing_counts(model).tolist()
+        key_file = cache_root() / "evaluations" / f"{evaluation_key(model, cand, domain, suite, cfg, seed)}.json"
+        if ev.cache and key_file.exists():
+            entry = json.loads(key_file.read_text())
+            cached.append(domain)
+        else:
+            if has_moe:
+                reset_routing_counts(model)
+            with cand.route_domain(domain):
+                res: EvalResult = evaluate(model, tokenizer, suite.select([domain]), batch_size=ev.batch_size,
+                                           limit=ev.limit, bootstrap_iters=ev.bootstrap_iters, seed=seed,
+                                           apply_chat_template=ev.apply_chat_template)
+            s = res.domains[domain]
+            entry = {"score": s.score, "stderr": s.stderr, "n": s.n, "wall_s": res.wall_s,
+                     "routing_counts": routing_counts(model).tolist() if has_moe else None}
+            if ev.cache:
+                write_json_atomic(key_file, entry)
+        scores[domain], stderr[domain], n[domain] = entry["score"], entry["stderr"], entry["n"]
+        wall += entry["wall_s"]
+        if entry["routing_counts"] is not None:
+            counts[domain] = entry["routing_counts"]
     return {"name": cand.name, "scores": scores, "stderr": stderr, "n": n, "eval_wall_s": wall,
-            "cost": asdict(cand.cost), "info": cand.info, "routing_counts": counts}
+            "eval_cached": cached, "cost": asdict(cand.cost), "info": cand.info, "routing_counts": counts}
 
 
 def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, track: Tracker) -> list[dict[str, Any]]:
