@@ -285,9 +285,12 @@ def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> None:
     """Write the results into the run folder and its cell, and the table when ``write_table``."""
     write_json_atomic(run_dir / "results.json", results)
     write_json_atomic(cell_path(cfg), results)
+    from .figures import routing_figure
+
     write_report(results, run_dir)
     if cfg.write_table:
         write_report(results, Path(cfg.results_dir) / cfg.experiment)
+        routing_figure(results, Path(cfg.results_dir) / cfg.experiment)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

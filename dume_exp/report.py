@@ -1,4 +1,5 @@
-"""Retention tables from run results: ``python -m dume_exp.report RUN_DIR_OR_results.json ... [--out results/<exp>]``.
+"""Retention tables and figures from run results: ``python -m dume_exp.report RUN_DIR ... [--out results/<exp>]``;
+``python -m dume_exp.report results/sweeps/<sweep>/<exp>/cells`` writes a sweep's table and figure.
 
 A run's ``results.json`` holds, per seed, every candidate's raw score per domain. The table shows raw
 scores and retention % (higher-is-better: score / score of that domain's expert × 100; perplexity:
@@ -147,13 +148,22 @@ def load_results(path: str | Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dume_exp.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run folders or results.json files")
-    parser.add_argument("--out", help="output folder (default: results/<experiment>)")
+    parser.add_argument("runs", nargs="+", help="run folders or results.json files; or a sweep's cells/ folder")
+    parser.add_argument("--out", help="output folder (default: results/<experiment>; for cells, their parent)")
     args = parser.parse_args(argv)
+    from .figures import routing_figure, sweep_report
+
     for run in args.runs:
+        run = Path(run)
+        if run.is_dir() and not (run / "results.json").exists():
+            print(f"wrote {sweep_report(run, Path(args.out) if args.out else run.parent)}")
+            continue
         results = load_results(run)
-        out = write_report(results, args.out or Path("results") / results["experiment"])
-        print(f"wrote {out}")
+        out = Path(args.out) if args.out else Path("results") / results["experiment"]
+        print(f"wrote {write_report(results, out)}")
+        figure = routing_figure(results, out)
+        if figure:
+            print(f"wrote {figure}")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,13 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
     assert new_rows["expert:code"]["eval_cached"] == ["prose", "code"] and new_rows["dume"]["eval_cached"] == []
     assert new_rows["expert:code"]["scores"] == rows["expert:code"]["scores"]
     assert new_rows["dume"]["info"]["statistics"]["loaded"] == ["prose", "code"]
+    # The cells of the two λ values make a λ sweep report; the main run drew its routing figure.
+    from dume_exp.report import main as report_main
+
+    report_main([str(micro_setup / "results" / "clm" / "cells"), "--out", str(micro_setup / "sweep")])
+    sweep = (micro_setup / "sweep" / "lambda.md").read_text()
+    assert "| 0.5 |" in sweep and "| auto |" in sweep and (micro_setup / "sweep" / "lambda.png").stat().st_size > 0
+    assert (micro_setup / "results" / "clm" / "routing_dume.png").stat().st_size > 0
 
 
 def test_bad_configuration_fails_fast_with_the_fix(micro_setup):

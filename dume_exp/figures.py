@@ -1,0 +1,158 @@
+"""Figures (PNG) and sweep tables from run results: routing accuracy and matrix, retention vs λ, vs #experts."""
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .cache import atomic_file  # noqa: E402
+from .report import table_rows  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def routing_matrices(results: dict[str, Any], name: str = "dume") -> np.ndarray | None:
+    """``[layers, domains, experts]`` share of each domain's tokens sent to each expert (first seed)."""
+    row = next((r for r in results["seeds"][0]["rows"] if r["name"] == name), None)
+    if row is None or not row.get("routing_counts"):
+        return None
+    counts = np.array([row["routing_counts"][d] for d in results["domains"]], dtype=float)  # [domains, L, E]
+    return (counts / counts.sum(axis=2, keepdims=True)).transpose(1, 0, 2)
+
+
+def routing_figure(results: dict[str, Any], out: Path, name: str = "dume") -> Path | None:
+    """Per-layer routing accuracy against domain labels, and the domain × expert matrix (best layer, average)."""
+    shares = routing_matrices(results, name)
+    if shares is None:
+        return None
+    domains = results["domains"]
+    accuracy = np.array([[shares[layer, d, d] for d in range(len(domains))] for layer in range(shares.shape[0])])
+    best = int(accuracy.mean(axis=1).argmax())
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    for d, domain in enumerate(domains):
+        axes[0].plot(accuracy[:, d], marker=".", label=domain)
+    axes[0].plot(accuracy.mean(axis=1), color="black", linewidth=2.5, label="mean")
+    axes[0].axhline(1 / len(domains), color="grey", linestyle=":", label="chance")
+    axes[0].set(xlabel="layer", ylabel="tokens routed to their domain's expert", ylim=(0, 1.02),
+                title=f"{name}: routing accuracy per layer (held-out test tokens)")
+    axes[0].legend(fontsize=8, ncol=2)
+    for ax, mat, title in ((axes[1], shares[best], f"layer {best} (best)"), (axes[2], shares.mean(axis=0), "mean over layers")):
+        im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(domains)), domains, rotation=45, ha="right")
+        ax.set_yticks(range(len(domains)), domains)
+        ax.set(xlabel="expert", ylabel="domain of the tokens", title=f"routing share, {title}")
+        for i in range(len(domains)):
+            for j in range(len(domains)):
+                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if mat[i, j] < 0.5 else "black")
+    fig.colorbar(im, ax=axes[1:], shrink=0.8)
+    return _save(fig, out / f"routing_{name}.png")
+
+
+def load_cells(folder: Path) -> list[dict[str, Any]]:
+    cells = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+    if not cells:
+        raise FileNotFoundError(f"No results cells (*.json) in {folder}; run the sweep first.")
+    return cells
+
+
+def _lam_value(lam: Any) -> float | str:
+    return "auto" if lam == "auto" else float(lam)
+
+
+def lambda_sweep(cells: list[dict[str, Any]], out: Path, name: str = "dume") -> Path:
+    """Retention of ``name`` vs λ (per domain and average; GCV's ``auto`` as a dashed line); table + PNG."""
+    points: dict[Any, dict[str, float]] = {}
+    for cell in cells:
+        row = next((r for r in table_rows(cell) if r["name"] == name), None)
+        if row is not None:
+            points[_lam_value(cell["config"]["router"]["lam"])] = {c: v[0] for c, v in row["retention"].items()}
+    domains = cells[0]["domains"] + ["avg"]
+    numeric = sorted(k for k in points if k != "auto")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, col in enumerate(domains):
+        style = dict(color="black", linewidth=2.5) if col == "avg" else dict(color=f"C{i}")
+        ax.plot(numeric, [points[k][col] for k in numeric], marker="o", label=col, **style)
+        if "auto" in points:
+            ax.axhline(points["auto"][col], linestyle="--", linewidth=1, **{k: v for k, v in style.items() if k == "color"})
+    ax.set_xscale("log")
+    ax.set(xlabel="ridge penalty λ", ylabel="retention (%)",
+           title=f"{name}: retention vs λ ({cells[0]['experiment']}; dashed: λ=auto by GCV)")
+    ax.legend(fontsize=8, ncol=3)
+    _save(fig, out / "lambda.png")
+    keys = numeric + (["auto"] if "auto" in points else [])
+    lines = [f"# λ sweep: {name} ({cells[0]['experiment']})", "", "| λ | " + " | ".join(domains) + " |",
+             "|---" * (len(domains) + 1) + "|"]
+    lines += [f"| {k} | " + " | ".join(f"{points[k][c]:.1f}" for c in domains) + " |" for k in keys]
+    lines += ["", "Retention (%) against each domain's dense expert; `auto` = per-layer λ chosen by generalised "
+              "cross-validation from the same statistics. Figure: lambda.png."]
+    return _write(out / "lambda.md", lines)
+
+
+def experts_sweep(cells: list[dict[str, Any]], out: Path) -> Path:
+    """Average retention vs number of experts, per strategy and statistics mode; table + PNG."""
+    series: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    lines_rows = []
+    for cell in cells:
+        mode, k = cell["config"]["router"]["statistics"], len(cell["domains"])
+        for row in table_rows(cell):
+            if row["name"].startswith("expert:"):
+                continue
+            label = row["name"]
+            key = (label, mode if label == "dume" else "n/a")  # only DUME depends on the statistics mode
+            series[key][k].append(row["retention"]["avg"][0])
+            lines_rows.append((k, "+".join(cell["domains"]), label, key[1], row["retention"]["avg"][0]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, ((label, mode), by_k) in enumerate(sorted(series.items())):
+        ks = sorted(by_k)
+        means = [statistics.fmean(by_k[k]) for k in ks]
+        name = label if mode == "n/a" else f"{label} ({mode})"
+        ax.plot(ks, means, marker="o", label=name, color=f"C{i}", linestyle="--" if mode == "fast" else "-")
+        for k in ks:
+            ax.scatter([k] * len(by_k[k]), by_k[k], color=f"C{i}", s=10, alpha=0.5)
+    ax.set(xlabel="number of experts", ylabel="average retention (%)",
+           title=f"retention vs number of experts ({cells[0]['experiment']}); dots: subsets")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+    _save(fig, out / "experts.png")
+    lines = [f"# Expert-count sweep ({cells[0]['experiment']})", "", "| experts | subset | strategy | statistics | avg retention (%) |",
+             "|---|---|---|---|---|"]
+    seen = set()
+    for k, subset, label, mode, value in sorted(lines_rows):
+        if (subset, label, mode) in seen:  # baselines do not depend on the statistics mode
+            continue
+        seen.add((subset, label, mode))
+        lines.append(f"| {k} | {subset} | {label} | {mode} | {value:.1f} |")
+    lines += ["", "exact: statistics recollected under the subset's averaged backbone; fast: the full set's "
+              "statistics reused (no forward pass). Figure: experts.png."]
+    return _write(out / "experts.md", lines)
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def sweep_report(folder: Path, out: Path) -> Path:
+    """Detect which knob the cells vary (λ or the expert subset) and write that sweep's table and figure."""
+    cells = load_cells(folder)
+    if len({json.dumps(c["config"]["router"]["lam"]) for c in cells}) > 1:
+        return lambda_sweep(cells, out)
+    if len({json.dumps(c["config"]["experts"].get("subset")) for c in cells}) > 1:
+        return experts_sweep(cells, out)
+    raise ValueError(f"The cells in {folder} vary neither router.lam nor experts.subset; nothing to sweep over.")
+
