@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/python -m dume_exp.demo
+	$(BIN)/python -m dume_exp +experiment=reasoning
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -32,7 +32,12 @@ class EvalConfig:
     limit: Optional[int] = None
     protocol: str = "harness"  # harness | reference
     apply_chat_template: Optional[bool] = None
-    max_gen_toks: Optional[int] = None
+    max_gen_toks: Optional[int] = None  # cap for every generation task (None: each task's own)
+    domain_max_gen_toks: dict[str, int] = field(default_factory=dict)  # per-domain caps, e.g. {instruction: 192}
+    num_fewshot: int = 5  # GSM8K-schema few-shot examples
+    math_sets: list[str] = field(default_factory=lambda: ["gsm8k"])  # <data>/math/<set>_test.jsonl
+    coding_sets: list[str] = field(default_factory=lambda: ["humaneval"])  # <data>/coding/<set>_test.jsonl
+    arc_languages: Optional[list[str]] = None  # default: every arc_<lang> file (zoo) / the okapi list (paper)
     bootstrap_iters: int = 0
     bf16: bool = True  # evaluate fp32 models in bf16 (faster on CPUs with native bf16)
     cache: bool = True  # reuse a score when weights, routing, tasks, data and eval knobs are unchanged

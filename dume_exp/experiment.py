@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +158,23 @@ def make_batches(tokenizer: Any, texts: list[str], max_len: int, batch_size: int
 
 def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
     ev = cfg.eval
-    common = dict(max_gen_toks=ev.max_gen_toks, protocol=ev.protocol, nltk_data=expert_set.nltk_data)
+    common = dict(max_gen_toks=ev.max_gen_toks, protocol=ev.protocol, nltk_data=expert_set.nltk_data,
+                  num_fewshot=ev.num_fewshot, domains=expert_set.domains)
+    langs = list(ev.arc_languages) if ev.arc_languages else None
     if ev.suite == "zoo_clm":
         suite = clm_suite(expert_set.data_dir, expert_set.domains, split=ev.split)
     elif ev.suite == "zoo_reasoning":
-        suite = reasoning_suite(expert_set.data_dir, domains=expert_set.domains, **common)
+        suite = reasoning_suite(expert_set.data_dir, math_sets=list(ev.math_sets), coding_sets=list(ev.coding_sets),
+                                arc_languages=langs, **common)
     elif ev.suite == "paper_reasoning":
-        suite = paper_reasoning_suite(domains=expert_set.domains, **common)
+        suite = paper_reasoning_suite(**({"arc_languages": langs} if langs else {}), **common)
     else:
         raise ValueError(f"eval.suite must be zoo_clm, zoo_reasoning or paper_reasoning; got {ev.suite!r}.")
-    return suite.with_protocol(ev.protocol) if ev.protocol != suite.protocol else suite
+    unknown = sorted(set(ev.domain_max_gen_toks) - set(suite.domains))
+    if unknown:
+        raise ValueError(f"eval.domain_max_gen_toks names unknown domain(s) {unknown}; domains: {list(suite.domains)}.")
+    capped = {d: suite.select([d]).with_max_gen_toks(n).domains[d] for d, n in ev.domain_max_gen_toks.items()}
+    return replace(suite, domains={d: capped.get(d, spec) for d, spec in suite.domains.items()})
 
 
 def _data_files(obj: Any) -> list[str]:
