@@ -134,20 +134,27 @@ def require_moe_blocks(model: nn.Module) -> list[MoEBlock]:
 
 
 @contextlib.contextmanager
+def _set_on_blocks(blocks: list[MoEBlock], attr: str, value: object) -> Iterator[None]:
+    """Set ``attr`` on every block for the duration of the context, then restore each block's own value."""
+    previous = [getattr(b, attr) for b in blocks]
+    for b in blocks:
+        setattr(b, attr, value)
+    try:
+        yield
+    finally:
+        for b, p in zip(blocks, previous):
+            setattr(b, attr, p)
+
+
+@contextlib.contextmanager
 def force_expert(model: nn.Module, expert: int) -> Iterator[nn.Module]:
     """Inside the context, every MoE block of ``model`` sends every token to ``expert``."""
     blocks = require_moe_blocks(model)
     num = blocks[0].num_experts
     if not 0 <= expert < num:
         raise ValueError(f"expert index {expert} out of range: the model has {num} experts (0..{num - 1}).")
-    previous = [b.forced_expert for b in blocks]
-    for b in blocks:
-        b.forced_expert = expert
-    try:
+    with _set_on_blocks(blocks, "forced_expert", expert):
         yield model
-    finally:
-        for b, p in zip(blocks, previous):
-            b.forced_expert = p
 
 
 @contextlib.contextmanager
@@ -155,15 +162,8 @@ def dispatch_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
     """Temporarily switch every MoE block to ``"sparse"`` or ``"dense"`` dispatch."""
     if mode not in DISPATCH_MODES:
         raise ValueError(f"dispatch mode must be one of {DISPATCH_MODES}; got {mode!r}.")
-    blocks = require_moe_blocks(model)
-    previous = [b.dispatch for b in blocks]
-    for b in blocks:
-        b.dispatch = mode
-    try:
+    with _set_on_blocks(require_moe_blocks(model), "dispatch", mode):
         yield model
-    finally:
-        for b, p in zip(blocks, previous):
-            b.dispatch = p
 
 
 def set_routing(model: nn.Module, top_k: int | None = None, temperature: float | None = None) -> None:
