@@ -19,6 +19,7 @@ class ExpertsConfig:
     domains: list[str] = field(default_factory=list)
     subset: Optional[list[str]] = None  # run on these domains' experts only (expert-count sweeps)
     models: dict[str, str] = field(default_factory=dict)  # domain -> hub id or folder, source=pretrained
+    base: Optional[str] = None  # the experts' common base model (strategy base_model); the zoo sets it
     tokenizer: Optional[str] = None  # defaults to the first expert's
     data_dir: Optional[str] = None  # calibration/evaluation data in the zoo layout; the zoo sets it
     dtype: str = "float32"

@@ -43,6 +43,7 @@ class ExpertSet:
     data_dir: Path
     nltk_data: Path | None
     provenance: dict[str, Any]
+    base: str | None = None
 
     @property
     def experts(self) -> list[PreTrainedModel]:
@@ -100,7 +101,7 @@ def load_expert_set(cfg: DictConfig) -> ExpertSet:
 
         zoo = ensure_zoo(ec.setting, cfg.zoo, progress=cfg.progress)
         paths = {d: zoo.experts[d] for d in ec.domains}
-        data_dir, nltk_data, provenance = zoo.data_dir, zoo.nltk_data, zoo.manifest
+        data_dir, nltk_data, provenance, base = zoo.data_dir, zoo.nltk_data, zoo.manifest, str(zoo.base)
     elif ec.source == "pretrained":
         missing = [d for d in ec.domains if d not in ec.models]
         if missing:
@@ -109,7 +110,7 @@ def load_expert_set(cfg: DictConfig) -> ExpertSet:
         if not ec.data_dir:
             raise ValueError("experts.data_dir is required with experts.source=pretrained (calibration and evaluation data "
                              "in the zoo layout: <data_dir>/<domain>/{train,test}.jsonl).")
-        data_dir, nltk_data, provenance = Path(ec.data_dir), None, {"models": dict(paths)}
+        data_dir, nltk_data, provenance, base = Path(ec.data_dir), None, {"models": dict(paths)}, ec.base
     else:
         raise ValueError(f"experts.source must be 'zoo' or 'pretrained'; got {ec.source!r}.")
     experts = [AutoModelForCausalLM.from_pretrained(str(paths[d]), dtype=dtype).eval() for d in ec.domains]
@@ -117,7 +118,7 @@ def load_expert_set(cfg: DictConfig) -> ExpertSet:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     active = list(ec.subset) if ec.subset else list(ec.domains)
-    return ExpertSet(experts, list(ec.domains), active, tokenizer, Path(data_dir), nltk_data, provenance)
+    return ExpertSet(experts, list(ec.domains), active, tokenizer, Path(data_dir), nltk_data, provenance, base)
 
 
 def domain_texts(data_dir: Path, domain: str, split: str) -> list[str]:
@@ -256,6 +257,7 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
             router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize, r.max_tokens_per_sequence),
             training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
             stats_store=StatisticsStore() if cfg.calibration.store_statistics else None, parent=parent,
+            base=expert_set.base,
         )
 
     subset = expert_set.domains != expert_set.all_domains
@@ -293,11 +295,14 @@ def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> None:
     write_json_atomic(run_dir / "results.json", results)
     write_json_atomic(cell_path(cfg), results)
     from .figures import routing_figure
+    from .zoo.quality import quality_tables
 
     write_report(results, run_dir)
     if cfg.write_table:
         write_report(results, Path(cfg.results_dir) / cfg.experiment)
         routing_figure(results, Path(cfg.results_dir) / cfg.experiment)
+        if cfg.experts.source == "zoo":
+            quality_tables(results, Path(cfg.results_dir) / "zoo")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

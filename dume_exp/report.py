@@ -20,7 +20,7 @@ from typing import Any
 from .cache import atomic_file
 
 REFERENCE_PREFIX = "expert:"
-UPPER_BOUNDS = {"oracle"}
+NOT_RANKED = {"oracle", "base"}  # the oracle is an upper bound; the base model is a reference
 
 
 def retention(score: float, expert_score: float, higher_is_better: bool) -> float:
@@ -75,7 +75,7 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     domains = results["domains"]
     cols = domains + ["avg"]
     hib = {d: results["metrics"][d]["higher_is_better"] for d in domains}
-    merged = [r for r in rows if not r["name"].startswith(REFERENCE_PREFIX) and r["name"] not in UPPER_BOUNDS]
+    merged = [r for r in rows if not r["name"].startswith(REFERENCE_PREFIX) and r["name"] not in NOT_RANKED]
 
     def best(section: str, col: str) -> str | None:
         if not merged:
@@ -104,7 +104,8 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"Metrics: {metric_notes}.",
         "Retention: higher-is-better scores as score / score of that domain's expert × 100; perplexity as "
         "PPL(expert) / PPL(method) × 100. avg = mean over domains (of raw scores; of retentions).",
-        "Bold: the best merged model per column (dense experts and the oracle upper bound are not ranked).",
+        "Bold: the best merged model per column (dense experts, the base model and the oracle upper bound are "
+        "not ranked).",
         f"Calibration split: **{cal['split']}**" + (" (EVALUATION DATA: router statistics saw the test set)"
                                                   if cal.get("eval_split_leak") else "")
         + f"; max samples per domain: {cal['max_samples']}; seeds: {results['seed_list']}.",

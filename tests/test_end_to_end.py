@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_experts
+from conftest import make_experts, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def micro_setup(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("e2e")
     experts = make_experts(2, shared_backbone=True, vocab_size=len(tiny_tokenizer))  # oracle == expert
+    tiny_model(vocab_size=len(tiny_tokenizer)).save_pretrained(root / "base")
     texts = {"prose": ["The quick brown fox jumps over the lazy dog number %d." % i for i in range(12)],
              "code": ["def f%d(x):\n    return x + %d\n" % (i, i) for i in range(12)]}
     for domain, model in zip(texts, experts):
@@ -34,7 +35,7 @@ def _run(root: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "dume_exp", "+experiment=clm", "experts.source=pretrained",
            "experts.domains=[prose,code]",
            f"+experts.models.prose={root}/experts/prose", f"+experts.models.code={root}/experts/code",
-           f"experts.data_dir={root}/data", "eval.bf16=false", "eval.batch_size=4", "progress=false",
+           f"experts.data_dir={root}/data", f"experts.base={root}/base", "eval.bf16=false", "eval.batch_size=4", "progress=false",
            "btx.steps=2", "btx.seq_len=32", "btx.batch_size=4", "router.max_tokens_per_sequence=32",
            f"results_dir={root}/results", f"hydra.run.dir={root}/run", *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -47,7 +48,7 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
     assert (micro_setup / "run" / "resolved_config.yaml").exists() and (micro_setup / "run" / "table.md").exists()
     results = json.loads((micro_setup / "run" / "results.json").read_text())
     rows = {r["name"]: r for r in results["seeds"][0]["rows"]}
-    assert list(rows) == ["expert:prose", "expert:code", "weight_average", "oracle", "random_routing", "dume",
+    assert list(rows) == ["expert:prose", "expert:code", "base", "weight_average", "oracle", "random_routing", "dume",
                           "btx", "dume_plus"]
     assert rows["btx"]["cost"]["backward_tokens"] > 0 and rows["dume"]["cost"]["backward_tokens"] == 0
     assert len(rows["dume"]["routing_counts"]["prose"]) == 2  # layers × experts counts logged per domain

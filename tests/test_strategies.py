@@ -24,12 +24,17 @@ def _ctx(steps=4, **training):
     )
 
 
-def test_every_strategy_builds_its_candidates():
+def test_every_strategy_builds_its_candidates(tmp_path):
     ctx = _ctx()
+    with pytest.raises(ValueError, match="experts.base"):
+        build("base_model", ctx)
+    ctx.experts[0].save_pretrained(tmp_path / "base")
+    ctx.base = str(tmp_path / "base")
     names = {name: [c.name for c in build(name, ctx)] for name in STRATEGIES}
     assert names == {
-        "dense_expert": ["expert:code", "expert:law"], "weight_average": ["weight_average"], "oracle": ["oracle"],
-        "random_routing": ["random_routing"], "dume": ["dume"], "btx": ["btx"], "dume_plus": ["dume_plus"],
+        "dense_expert": ["expert:code", "expert:law"], "base_model": ["base"], "weight_average": ["weight_average"],
+        "oracle": ["oracle"], "random_routing": ["random_routing"], "dume": ["dume"], "btx": ["btx"],
+        "dume_plus": ["dume_plus"],
     }
     with pytest.raises(ValueError, match="Unknown strategy 'dumee'"):
         build("dumee", ctx)

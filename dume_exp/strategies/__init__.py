@@ -28,6 +28,6 @@ def build(name: str, ctx: BuildContext) -> list[Candidate]:
 
 
 # Import order is registration order, which is the row order of every table.
-from . import dense_expert, weight_average, oracle, random_routing, dume, btx, dume_plus  # noqa: E402,F401,I001
+from . import dense_expert, base_model, weight_average, oracle, random_routing, dume, btx, dume_plus  # noqa: E402,F401,I001
 
 __all__ = ["STRATEGIES", "BuildContext", "Candidate", "Cost", "RouterConfig", "build", "register"]

@@ -65,6 +65,7 @@ class BuildContext:
     seed: int = 0
     progress: bool = True
     stats_store: StatisticsStore | None = None
+    base: str | None = None  # the model the experts were fine-tuned from (strategy base_model)
     parent: "BuildContext | None" = None  # fast mode: statistics of this larger expert set, subset-selected
 
     def upcycled(self) -> PreTrainedModel:

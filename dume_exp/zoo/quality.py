@@ -1,57 +1,60 @@
-"""Zoo quality: every model (base and experts) scored on every domain, as a table under ``results/zoo/``."""
+"""Zoo quality: the expert × domain matrix (base model included) read from an experiment's results.
+
+The experiment scores every dense expert and the base model on every domain anyway, so the matrix
+costs no extra evaluation; it lands in ``results/zoo/<experiment>_matrix.{md,csv}``.
+"""
 from __future__ import annotations
 
-import json
+import csv
+import io
 from pathlib import Path
+from typing import Any
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from ..cache import atomic_file, write_json_atomic
-from ..evaluation import EvalResult, Suite, clm_suite, evaluate, reasoning_suite
-from .build import Zoo
+from ..cache import atomic_file
+from ..report import REFERENCE_PREFIX
 
 
-def zoo_suite(zoo: Zoo) -> Suite:
-    domains = list(zoo.experts)
-    if zoo.setting == "clm":
-        return clm_suite(zoo.data_dir, domains)
-    return reasoning_suite(zoo.data_dir, domains=domains, nltk_data=zoo.nltk_data)
+def quality_tables(results: dict[str, Any], out_dir: str | Path) -> Path | None:
+    """Write the matrix and its checks (own-domain best, gain over base); ``None`` without base/expert rows."""
+    domains = results["domains"]
+    rows = {r["name"]: r for r in results["seeds"][0]["rows"]}
+    names = ["base"] + [f"{REFERENCE_PREFIX}{d}" for d in domains]
+    if any(n not in rows for n in names):
+        return None
+    hib = {d: results["metrics"][d]["higher_is_better"] for d in domains}
+    score = {n: rows[n]["scores"] for n in names}
+    stderr = {n: rows[n]["stderr"] for n in names}
 
+    def best(d: str) -> str:
+        return (max if hib[d] else min)(names, key=lambda n: score[n][d])
 
-def quality_matrix(zoo: Zoo, out_dir: Path, batch_size: int = 8, bf16: bool = True) -> Path:
-    """Evaluate base + experts on every domain; write ``<setting>_matrix.{md,json}``; return the markdown path."""
-    suite = zoo_suite(zoo)
-    tokenizer = AutoTokenizer.from_pretrained(zoo.base)
-    models = {"base": zoo.base, **{f"expert:{d}": p for d, p in zoo.experts.items()}}
-    rows: dict[str, EvalResult] = {}
-    for name, path in models.items():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
-        rows[name] = evaluate(model, tokenizer, suite, batch_size=batch_size)
-        print(f"{name}: {rows[name].scores()} ({rows[name].wall_s:.1f} s)")
-    domains = list(suite.domains)
-    spec = {d: suite.domains[d] for d in domains}
-    lines = [f"# Zoo quality: {zoo.setting}", "",
-             "| model | " + " | ".join(domains) + " | eval wall s |", "|---" * (len(domains) + 2) + "|"]
-    for name, res in rows.items():
+    lines = [f"# Zoo quality: {results['title']}", "",
+             "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    for n in names:
         cells = []
         for d in domains:
-            s = res.domains[d]
-            col = [r.domains[d].score for r in rows.values()]
-            best = (max if spec[d].higher_is_better else min)(col)
-            se = f" ± {s.stderr:.3f}" if s.stderr is not None else ""
-            cell = f"{s.score:.3f}{se}"
-            cells.append(f"**{cell}**" if s.score == best else cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {res.wall_s:.1f} |")
-    lines += ["", "Metrics: " + ", ".join(f"{d}: {spec[d].metric} ({spec[d].filter}), "
-                                         f"{'higher' if spec[d].higher_is_better else 'lower'} is better, "
-                                         f"n={rows['base'].domains[d].n}" for d in domains) + ".",
-              "Bold: best per column. ± is the standard error where the metric has one.",
-              f"Experts: {json.dumps({d: e['train'] for d, e in zoo.manifest['experts'].items()}, default=str)[:4000]}"]
+            se = stderr[n][d]
+            cell = f"{score[n][d]:.3f}" + (f" ± {se:.3f}" if isinstance(se, (int, float)) else "")
+            cells.append(f"**{cell}**" if best(d) == n else cell)
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", "| domain | its expert is best | gain of its expert over the base |", "|---|---|---|"]
+    for d in domains:
+        own, base = score[f"{REFERENCE_PREFIX}{d}"][d], score["base"][d]
+        gain = (own - base) / base if hib[d] else (base - own) / base
+        lines.append(f"| {d} | {'yes' if best(d) == f'{REFERENCE_PREFIX}{d}' else 'no'} | {100 * gain:+.1f}% |")
+    metric = "; ".join(f"{d}: {results['metrics'][d]['label']}, {'higher' if hib[d] else 'lower'} is better, "
+                       f"n={rows['base']['n'][d]}" for d in domains)
+    lines += ["", f"Metrics: {metric}. Bold: best per column; ± is the standard error where the metric has one. "
+              "Gain for perplexity is the relative reduction of the perplexity (here byte perplexity, which is "
+              "stricter than token perplexity: a 10% lower byte perplexity is a far larger drop in token perplexity)."]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["model"] + domains + [f"{d}_stderr" for d in domains])
+    for n in names:
+        writer.writerow([n] + [score[n][d] for d in domains] + [stderr[n][d] for d in domains])
     out_dir = Path(out_dir)
-    md = out_dir / f"{zoo.setting}_matrix.md"
-    with atomic_file(md) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    write_json_atomic(out_dir / f"{zoo.setting}_matrix.json",
-                      {"zoo": zoo.manifest, "results": {n: r.to_dict() | {"raw": None} for n, r in rows.items()}})
+    md = out_dir / f"{results['experiment']}_matrix.md"
+    for path, text in ((md, "\n".join(lines) + "\n"), (out_dir / f"{results['experiment']}_matrix.csv", buf.getvalue())):
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
     return md

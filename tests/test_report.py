@@ -1,0 +1,47 @@
+"""Tables computed from synthetic results: retention arithmetic, seeds, best marking, zoo quality checks."""
+import pytest
+
+from dume_exp.report import render_markdown, retention, table_rows
+from dume_exp.zoo.quality import quality_tables
+
+
+def _results(higher_is_better, seeds):
+    domains = ["a", "b"]
+    return {
+        "experiment": "clm", "title": "t", "domains": domains, "seed_list": list(range(len(seeds))),
+        "metrics": {d: {"label": "m", "higher_is_better": higher_is_better} for d in domains},
+        "calibration": {"split": "train", "max_samples": 4, "eval_split_leak": False},
+        "seeds": [{"seed": i, "rows": [
+            {"name": name, "scores": scores, "stderr": {d: None for d in domains}, "n": {d: 10 for d in domains},
+             "cost": {"wall_s": 1.0, "forward_tokens": 5, "backward_tokens": 0}}
+            for name, scores in rows.items()]} for i, rows in enumerate(seeds)],
+    }
+
+
+ROWS = {"expert:a": {"a": 2.0, "b": 8.0}, "expert:b": {"a": 6.0, "b": 4.0}, "base": {"a": 3.0, "b": 5.0},
+        "dume": {"a": 2.5, "b": 5.0}, "weight_average": {"a": 4.0, "b": 4.5}}
+
+
+def test_perplexity_retention_mean_std_and_best():
+    second = {k: dict(v) for k, v in ROWS.items()}
+    second["dume"]["a"] = 2.0
+    res = _results(False, [ROWS, second])
+    rows = {r["name"]: r for r in table_rows(res)}
+    assert retention(2.5, 2.0, False) == 80.0 and retention(0.3, 0.6, True) == 50.0
+    assert rows["dume"]["retention"]["a"][0] == pytest.approx((80.0 + 100.0) / 2)
+    assert rows["dume"]["retention"]["a"][1] == pytest.approx(14.142135, rel=1e-6)  # std over the 2 seeds
+    assert rows["dume"]["retention"]["b"][0] == pytest.approx(80.0)
+    assert rows["weight_average"]["retention"]["avg"][0] == pytest.approx((50.0 + 4 / 4.5 * 100) / 2)
+    md = render_markdown(res, table_rows(res))
+    assert "| dume | **90.0 ± 14.1** |" in md  # best merged model on a (experts and base are not ranked)
+
+
+def test_quality_table_checks_diagonal_and_gain(tmp_path):
+    path = quality_tables(_results(False, [ROWS]), tmp_path)
+    text = path.read_text()
+    assert "| a | yes | +33.3% |" in text and "| b | yes | +20.0% |" in text
+    bad = {k: dict(v) for k, v in ROWS.items()}
+    bad["base"]["b"] = 3.0  # the base beats expert b on b
+    text = quality_tables(_results(False, [bad]), tmp_path).read_text()
+    assert "| b | no | -33.3% |" in text
+    assert quality_tables(_results(False, [{"expert:a": ROWS["expert:a"]}]), tmp_path) is None
