@@ -61,6 +61,7 @@ class CalibrationConfig:
     max_samples: int = 2048
     batch_size: int = 8
     store_statistics: bool = True  # reuse router statistics from <cache>/statistics (keyed by content)
+    bf16: bool = False  # statistics passes under bf16 autocast (accumulation stays float64)
 
 
 @dataclass

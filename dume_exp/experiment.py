@@ -254,7 +254,8 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
         return BuildContext(
             experts=experts, domains=domains, calibration_batches=lambda: calibration(domains),
             training_batches=lambda: training(domains),
-            router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize, r.max_tokens_per_sequence),
+            router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize, r.max_tokens_per_sequence,
+                                cfg.calibration.bf16),
             training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
             stats_store=StatisticsStore() if cfg.calibration.store_statistics else None, parent=parent,
             base=expert_set.base,

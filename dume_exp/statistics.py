@@ -123,6 +123,7 @@ def collect_statistics(
     expert_names: Sequence[str] | None = None,
     progress: bool = True,
     experts: Sequence[int] | None = None,
+    bf16_autocast: bool = False,
 ) -> RouterStatistics:
     """Accumulate router statistics with every MoE block forced to expert ``d`` on ``batches_by_expert[d]``.
 
@@ -131,6 +132,8 @@ def collect_statistics(
     sequence count; x is the MoE block's input (the post-attention-norm hidden state).
     ``experts`` restricts the pass to those expert indices (``batches_by_expert`` then lists
     their data in that order), e.g. to add one new expert's statistics to stored ones.
+    ``bf16_autocast`` runs the forward passes under bf16 autocast (about 2× faster on CPUs with
+    native bf16); accumulation stays float64.
     """
     blocks = require_moe_blocks(model)
     num_experts, hidden = blocks[0].num_experts, blocks[0].router.in_features
@@ -170,7 +173,8 @@ def collect_statistics(
                         continue
                     ids, mask = (t.to(device) for t in packed)
                     state["mask"] = mask.reshape(-1).bool()
-                    decoder(input_ids=ids, attention_mask=mask, use_cache=False)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_autocast):
+                        decoder(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
         for h in handles:
             h.remove()

@@ -53,9 +53,9 @@ class StatisticsStore:
         self.root = Path(root) if root is not None else cache_root() / "statistics"
 
     def keys(self, model: nn.Module, batches_by_expert: Sequence[Sequence[Mapping[str, torch.Tensor]]],
-             max_tokens_per_sequence: int) -> list[str]:
+             max_tokens_per_sequence: int, bf16_autocast: bool = False) -> list[str]:
         backbone = backbone_fingerprint(model)
-        dtype = str(next(model.parameters()).dtype)
+        dtype = str(next(model.parameters()).dtype) + ("+bf16-autocast" if bf16_autocast else "")
         return [recipe_key({"backbone": backbone, "expert": expert_fingerprint(model, d),
                             "data": batches_fingerprint(batches), "max_tokens_per_sequence": int(max_tokens_per_sequence),
                             "dtype": dtype, "collector": COLLECTOR_VERSION}, length=24)
@@ -68,17 +68,18 @@ class StatisticsStore:
         max_tokens_per_sequence: int,
         expert_names: Sequence[str],
         progress: bool = True,
+        bf16_autocast: bool = False,
     ) -> tuple[RouterStatistics, dict]:
         """Stored statistics where they exist, a collection pass for the rest; returns them with a report
         (``collected``/``loaded`` expert names, ``collect_wall_s`` now, and the original ``wall_s``/``tokens``)."""
-        keys = self.keys(model, batches_by_expert, max_tokens_per_sequence)
+        keys = self.keys(model, batches_by_expert, max_tokens_per_sequence, bf16_autocast)
         paths = [self.root / f"{k}.safetensors" for k in keys]
         missing = [d for d, p in enumerate(paths) if not p.exists()]
         start = time.perf_counter()
         if missing:
             fresh = collect_statistics(model, [batches_by_expert[d] for d in missing], max_tokens_per_sequence,
                                        expert_names=[expert_names[d] for d in missing], progress=progress,
-                                       experts=missing)
+                                       experts=missing, bf16_autocast=bf16_autocast)
             wall = time.perf_counter() - start
             for slot, d in enumerate(missing):
                 share = wall * float(fresh.token_counts[slot]) / max(1, int(fresh.token_counts.sum()))

@@ -111,6 +111,14 @@ def test_statistics_are_batch_invariant_and_additive(dtype, tol):
     assert _rel(joint.gram, ref.gram) <= tol and _rel(joint.sums, ref.sums) <= tol
 
 
+def test_bf16_autocast_statistics_stay_close_to_fp32():
+    moe = upcycle(make_experts(2))
+    batches = [random_batches(1, 2, 12, seed=s) for s in (1, 2)]
+    exact = collect_statistics(moe, batches, progress=False)
+    fast = collect_statistics(moe, batches, progress=False, bf16_autocast=True)
+    assert 0 < _rel(fast.gram, exact.gram) < 5e-2 and torch.equal(fast.token_counts, exact.token_counts)
+
+
 def test_planted_domains_are_routed_to_their_expert():
     """Two domains drawing tokens from disjoint vocabulary ranges whose embeddings carry a planted domain
     direction (as a trained LM's embeddings cluster by domain): DUME routes ≥ 99% of held-out tokens of each

@@ -40,6 +40,7 @@ def test_key_tracks_backbone_expert_data_and_length(setup):
     base = store.keys(moe, batches, 16)
     assert len(set(base)) == 3
     assert store.keys(moe, batches, 8) != base and set(store.keys(moe, batches, 8)).isdisjoint(base)
+    assert set(store.keys(moe, batches, 16, bf16_autocast=True)).isdisjoint(base)
     with torch.no_grad():
         moe_blocks(moe)[1].experts[2].down_proj.weight.add_(1e-3)
     changed = store.keys(moe, batches, 16)

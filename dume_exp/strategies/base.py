@@ -26,6 +26,7 @@ class RouterConfig:
     lam: float | str = 1e-2  # or "auto": per-layer λ by generalised cross-validation
     normalize: bool = True
     max_tokens_per_sequence: int = 1024
+    bf16_autocast: bool = False  # statistics forward passes under bf16 autocast
 
 
 @dataclass
@@ -84,11 +85,13 @@ class BuildContext:
         model, max_tokens = self.upcycled(), self.router.max_tokens_per_sequence
         if self.stats_store is None:
             start = time.perf_counter()
-            stats = collect_statistics(model, batches, max_tokens, expert_names=list(self.domains), progress=self.progress)
+            stats = collect_statistics(model, batches, max_tokens, expert_names=list(self.domains),
+                                       progress=self.progress, bf16_autocast=self.router.bf16_autocast)
             wall = time.perf_counter() - start
             report = {"collected": list(self.domains), "loaded": [], "collect_wall_s": wall, "wall_s": wall}
         else:
-            stats, report = self.stats_store.statistics(model, batches, max_tokens, list(self.domains), self.progress)
+            stats, report = self.stats_store.statistics(model, batches, max_tokens, list(self.domains), self.progress,
+                                                        self.router.bf16_autocast)
         return stats, Cost(report["wall_s"], int(stats.token_counts.sum()), 0), report
 
 
