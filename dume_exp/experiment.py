@@ -193,6 +193,7 @@ def evaluation_key(model: torch.nn.Module, cand: Candidate, domain: str, suite: 
     ev = {k: cfg.eval[k] for k in ("batch_size", "limit", "protocol", "apply_chat_template", "max_gen_toks",
                                    "bootstrap_iters")}
     return recipe_key({"model": tensor_fingerprint(model.state_dict().values()), "candidate": cand.name,
+                       "domain_routing": cand.domain_routing,
                        "domain": domain, "tasks": tasks, "data": [file_sha256(f) for f in _data_files(list(tasks))],
                        "eval": ev, "seed": seed, "routing": [(b.top_k, b.temperature) for b in moe_blocks(model)]},
                       length=24)
@@ -218,7 +219,7 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
         else:
             if has_moe:
                 reset_routing_counts(model)
-            with cand.route_domain(domain):
+            with cand.route_domain(model, domain):
                 res: EvalResult = evaluate(model, tokenizer, suite.select([domain]), batch_size=ev.batch_size,
                                            limit=ev.limit, bootstrap_iters=ev.bootstrap_iters, seed=seed,
                                            apply_chat_template=ev.apply_chat_template)

@@ -96,7 +96,7 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 cells.append(f"**{cell}**" if winners[c] == r["name"] else cell)
             cost = r["cost"]
             lines.append(f"| {r['name']} | " + " | ".join(cells)
-                         + f" | {cost['wall_s']:.1f} | {cost['forward_tokens']:,} | {cost['backward_tokens']:,} |")
+                         + f" | {cost['wall_s']:.1f} | {round(cost['forward_tokens']):,} | {round(cost['backward_tokens']):,} |")
         lines.append("")
     metric_notes = ", ".join(f"{d}: {results['metrics'][d]['label']}" for d in domains)
     cal = results["calibration"]

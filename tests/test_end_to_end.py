@@ -35,7 +35,7 @@ def _run(root: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "dume_exp", "+experiment=clm", "experts.source=pretrained",
            "experts.domains=[prose,code]",
            f"+experts.models.prose={root}/experts/prose", f"+experts.models.code={root}/experts/code",
-           f"experts.data_dir={root}/data", f"experts.base={root}/base", "eval.bf16=false", "eval.batch_size=4", "progress=false",
+           f"experts.data_dir={root}/data", f"experts.base={root}/base", "eval.batch_size=4", "progress=false",
            "btx.steps=2", "btx.seq_len=32", "btx.batch_size=4", "router.max_tokens_per_sequence=32",
            f"results_dir={root}/results", f"hydra.run.dir={root}/run", *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -52,7 +52,8 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
                           "btx", "dume_plus"]
     assert rows["btx"]["cost"]["backward_tokens"] > 0 and rows["dume"]["cost"]["backward_tokens"] == 0
     assert len(rows["dume"]["routing_counts"]["prose"]) == 2  # layers × experts counts logged per domain
-    # Shared backbone: the oracle routes each domain to its own expert, so it has exactly its perplexity.
+    # Shared backbone: the oracle routes each domain to its own expert, so it has exactly its perplexity
+    # (both evaluated as bf16 copies: the routing context must act on the copy).
     for d in ("prose", "code"):
         assert rows["oracle"]["scores"][d] == pytest.approx(rows[f"expert:{d}"]["scores"][d], rel=1e-4)
     # Retention in the CSV is recomputed from the raw scores in the same file.

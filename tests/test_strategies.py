@@ -51,7 +51,7 @@ def test_dume_and_dume_plus_costs_and_oracle_routing():
     r_dume, r_plus = moe_blocks(dume.model)[0].router.weight, moe_blocks(plus.model)[0].router.weight
     assert not torch.equal(r_dume, r_plus)  # DUME+ moved away from its ridge initialisation
     (oracle,) = build("oracle", ctx)
-    with oracle.route_domain("law"):
+    with oracle.route_domain(oracle.model, "law"):
         assert all(b.forced_expert == 1 for b in moe_blocks(oracle.model))
     assert all(b.forced_expert is None for b in moe_blocks(oracle.model))
 

@@ -44,12 +44,18 @@ class Cost:
 
 @dataclass
 class Candidate:
-    """A model to score; ``route_domain(domain)`` is entered while that domain is scored (oracle routing)."""
+    """A model to score.
+
+    ``route_domain(model, domain)`` is entered while ``domain`` is scored, on the model actually evaluated
+    (which may be a bf16 copy of ``model``); ``domain_routing`` names that rule (e.g. ``"oracle"``) and
+    enters the evaluation cache key.
+    """
 
     name: str
     model: PreTrainedModel
     cost: Cost = field(default_factory=Cost)
-    route_domain: Callable[[str], ContextManager] = lambda domain: contextlib.nullcontext()
+    route_domain: Callable[[Any, str], ContextManager] = lambda model, domain: contextlib.nullcontext()
+    domain_routing: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 

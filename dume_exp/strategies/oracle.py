@@ -9,4 +9,5 @@ def oracle(ctx: BuildContext) -> list[Candidate]:
     with timed() as cost:
         model = ctx.upcycled()
     index = {domain: d for d, domain in enumerate(ctx.domains)}
-    return [Candidate("oracle", model, cost, route_domain=lambda domain: force_expert(model, index[domain]))]
+    return [Candidate("oracle", model, cost, route_domain=lambda m, domain: force_expert(m, index[domain]),
+                      domain_routing="oracle")]
