@@ -4,15 +4,19 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import atomic_file, cache_root, recipe_key
 from .moe import MoEBlock, require_moe_blocks
 from .upcycle import decoder_layers
+
+ROUTER_TRAINING_VERSION = 1
 
 
 @dataclass
@@ -115,3 +119,40 @@ def train_routers(
             p.requires_grad_(False)
         model.eval()
     return TrainingCost(cfg.steps, tokens, time.perf_counter() - start, float(ema))
+
+
+def train_routers_cached(
+    model: nn.Module,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    cfg: RouterTrainingConfig,
+    progress: bool = True,
+    root: str | Path | None = None,
+) -> tuple[TrainingCost, bool]:
+    """:func:`train_routers`, or the trained parameters loaded from ``<cache>/routers`` when this exact
+    starting model, data and configuration were trained before (training is deterministic). Returns the
+    cost of the original training and whether it came from the cache."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from .stats_store import batches_fingerprint, tensor_fingerprint
+
+    key = recipe_key({"model": tensor_fingerprint(model.state_dict().values()), "data": batches_fingerprint(batches),
+                      "config": asdict(cfg), "code": ROUTER_TRAINING_VERSION}, length=24)
+    path = Path(root) if root is not None else cache_root() / "routers"
+    path = path / f"{key}.safetensors"
+    params = dict(model.named_parameters())
+    if path.exists():
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        with torch.no_grad():
+            for name, tensor in load_file(str(path)).items():
+                params[name].copy_(tensor)
+        return TrainingCost(int(meta["steps"]), int(meta["tokens"]), float(meta["wall_s"]), float(meta["final_loss"])), True
+    cost = train_routers(model, batches, cfg, progress=progress)
+    trained = {id(p) for p in trainable_router_parameters(model, cfg.train_gate_proj)}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    state = {n: p.detach().contiguous() for n, p in params.items() if id(p) in trained}
+    with atomic_file(path) as tmp:
+        save_file(state, str(tmp), metadata={k: repr(v) for k, v in asdict(cost).items()})
+    return cost, False

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+os.environ["DUME_CACHE"] = tempfile.mkdtemp(prefix="dume_test_cache_")  # never the user's cache
 
 import pytest
 import torch

@@ -74,6 +74,25 @@ def test_router_training_touches_only_routers(gate_proj):
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
 
 
+def test_router_training_is_cached_by_start_model_data_and_config(tmp_path, monkeypatch):
+    from dume_exp.router_training import train_routers_cached
+
+    ctx = _ctx()
+    batches = ctx.training_batches()
+    cfg = RouterTrainingConfig(steps=3, lr=1e-2, warmup_steps=1)
+    first = ctx.upcycled()
+    cost, cached = train_routers_cached(first, batches, cfg, progress=False, root=tmp_path)
+    assert not cached and cost.tokens == 3 * 2 * 16
+    monkeypatch.setattr("dume_exp.router_training.train_routers", lambda *a, **k: pytest.fail("retrained"))
+    second = ctx.upcycled()
+    again, cached = train_routers_cached(second, batches, cfg, progress=False, root=tmp_path)
+    assert cached and again == cost
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    with pytest.raises(pytest.fail.Exception, match="retrained"):  # another configuration is another entry
+        train_routers_cached(ctx.upcycled(), batches, RouterTrainingConfig(steps=4, lr=1e-2, warmup_steps=1),
+                             progress=False, root=tmp_path)
+
+
 def test_lr_schedule_and_load_balance_loss():
     cfg = RouterTrainingConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
