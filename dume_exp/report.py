@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_file
+from .cache import atomic_file, write_json_atomic
 
 REFERENCE_PREFIX = "expert:"
 NOT_RANKED = {"oracle", "base"}  # the oracle is an upper bound; the base model is a reference
@@ -146,14 +146,40 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def merge_results(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from runs of one experiment (same domains and seeds): rows are taken in order,
+    a later run's row replacing an earlier one of the same name (e.g. a strategy re-run or added later)."""
+    first = runs[0]
+    for other in runs[1:]:
+        if (other["experiment"], other["domains"], other["seed_list"]) != (first["experiment"], first["domains"], first["seed_list"]):
+            raise ValueError("--merge needs runs of the same experiment, domains and seeds.")
+    merged = {**first, "seeds": []}
+    for i, seed in enumerate(first["seed_list"]):
+        rows: dict[str, dict[str, Any]] = {}
+        for run in runs:
+            rows.update({r["name"]: r for r in run["seeds"][i]["rows"]})
+        merged["seeds"].append({"seed": seed, "rows": list(rows.values())})
+    merged["notes"] = list(first.get("notes", [])) + [
+        f"Merged from {len(runs)} runs; rows of later runs replace rows of the same name: "
+        + "; ".join(f"run {i + 1}: {', '.join(r['name'] for r in run['seeds'][0]['rows'])}" for i, run in enumerate(runs))]
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dume_exp.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders or results.json files; or a sweep's cells/ folder")
     parser.add_argument("--out", help="output folder (default: results/<experiment>; for cells, their parent)")
+    parser.add_argument("--merge", action="store_true", help="one table from several runs of one experiment")
     args = parser.parse_args(argv)
     from .figures import routing_figure, sweep_report
 
+    if args.merge:
+        results = merge_results([load_results(r) for r in args.runs])
+        out = Path(args.out) if args.out else Path("results") / results["experiment"]
+        write_json_atomic(out / "results.json", results)
+        print(f"wrote {write_report(results, out)} and {routing_figure(results, out)}")
+        return
     for run in args.runs:
         run = Path(run)
         if run.is_dir() and not (run / "results.json").exists():

@@ -1,7 +1,7 @@
 """Tables computed from synthetic results: retention arithmetic, seeds, best marking, zoo quality checks."""
 import pytest
 
-from dume_exp.report import render_markdown, retention, table_rows
+from dume_exp.report import merge_results, render_markdown, retention, table_rows
 from dume_exp.zoo.quality import quality_tables
 
 
@@ -45,3 +45,13 @@ def test_quality_table_checks_diagonal_and_gain(tmp_path):
     text = quality_tables(_results(False, [bad]), tmp_path).read_text()
     assert "| b | no | -33.3% |" in text
     assert quality_tables(_results(False, [{"expert:a": ROWS["expert:a"]}]), tmp_path) is None
+
+
+def test_merge_replaces_rows_of_the_same_name():
+    fixed = {"oracle": {"a": 2.0, "b": 4.0}, "dume": {"a": 2.2, "b": 4.4}}
+    merged = merge_results([_results(False, [ROWS]), _results(False, [fixed])])
+    rows = {r["name"]: r["scores"] for r in merged["seeds"][0]["rows"]}
+    assert list(rows) == list(ROWS) + ["oracle"] and rows["dume"] == fixed["dume"] and rows["oracle"] == fixed["oracle"]
+    assert "Merged from 2 runs" in render_markdown(merged, table_rows(merged))
+    with pytest.raises(ValueError, match="same experiment"):
+        merge_results([_results(False, [ROWS]), {**_results(False, [fixed]), "domains": ["a"]}])
