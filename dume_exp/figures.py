@@ -52,8 +52,10 @@ def routing_figure(results: dict[str, Any], out: Path, name: str = "dume") -> Pa
     for ax, mat, title in ((axes[1], shares[best], f"layer {best} (best)"), (axes[2], shares.mean(axis=0), "mean over layers")):
         im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(domains)), domains, rotation=45, ha="right")
-        ax.set_yticks(range(len(domains)), domains)
-        ax.set(xlabel="expert", ylabel="domain of the tokens", title=f"routing share, {title}")
+        ax.set_yticks(range(len(domains)), domains if ax is axes[1] else [])
+        ax.set(xlabel="expert", title=f"routing share, {title}")
+        if ax is axes[1]:
+            ax.set_ylabel("domain of the tokens")
         for i in range(len(domains)):
             for j in range(len(domains)):
                 ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7,
