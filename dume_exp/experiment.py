@@ -187,13 +187,14 @@ def _data_files(obj: Any) -> list[str]:
     return [obj] if isinstance(obj, str) and len(obj) < 4096 and Path(obj).is_file() else []
 
 
-def evaluation_key(model: torch.nn.Module, cand: Candidate, domain: str, suite: Suite, cfg: DictConfig, seed: int) -> str:
-    """Hash of everything that determines one domain's score: weights, routing, tasks and data, eval knobs."""
+def evaluation_key(model_fingerprint: str, model: torch.nn.Module, cand: Candidate, domain: str, suite: Suite,
+                   cfg: DictConfig, seed: int) -> str:
+    """Hash of everything that determines one domain's score: weights (``model_fingerprint``, computed once per
+    candidate by the caller), routing, tasks and data, eval knobs."""
     tasks = suite.domains[domain].tasks
     ev = {k: cfg.eval[k] for k in ("batch_size", "limit", "protocol", "apply_chat_template", "max_gen_toks",
                                    "bootstrap_iters")}
-    return recipe_key({"model": tensor_fingerprint(model.state_dict().values()), "candidate": cand.name,
-                       "domain_routing": cand.domain_routing,
+    return recipe_key({"model": model_fingerprint, "candidate": cand.name, "domain_routing": cand.domain_routing,
                        "domain": domain, "tasks": tasks, "data": [file_sha256(f) for f in _data_files(list(tasks))],
                        "eval": ev, "seed": seed, "routing": [(b.top_k, b.temperature) for b in moe_blocks(model)]},
                       length=24)
@@ -211,8 +212,10 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
         model = copy.deepcopy(model).to(torch.bfloat16)  # never convert the shared experts in place
     has_moe = bool(moe_blocks(model))
     scores, stderr, n, counts, wall, cached = {}, {}, {}, {}, 0.0, []
+    fingerprint = tensor_fingerprint(model.state_dict().values())  # hashing the weights once, not per domain
     for domain in suite.domains:
-        key_file = cache_root() / "evaluations" / f"{evaluation_key(model, cand, domain, suite, cfg, seed)}.json"
+        key = evaluation_key(fingerprint, model, cand, domain, suite, cfg, seed)
+        key_file = cache_root() / "evaluations" / f"{key}.json"
         if ev.cache and key_file.exists():
             entry = json.loads(key_file.read_text())
             cached.append(domain)
