@@ -15,7 +15,7 @@ from dume_exp.zoo import reasoning_data
 from dume_exp.zoo.reasoning import arc, common, gsm, humaneval, ifeval, punkt, schema
 from dume_exp.zoo.reasoning.common import ReasoningSizes
 
-SIZES = ReasoningSizes(gsm_test=6, gsm_fewshot=3, asdiv_test=4, arc_languages=("de", "es"), arc_per_language=4,
+SIZES = ReasoningSizes(gsm_test=6, gsm_fewshot=3, asdiv_test=4, arithmetic_test=10, arc_languages=("de", "es"), arc_per_language=4,
                        standin_test=8, ifeval_test=12, train_chars=6000)
 GERMAN = (
     "Der alte Leuchtturm steht seit über hundert Jahren auf der kleinen Insel vor der Küste.",
@@ -149,7 +149,7 @@ def test_chat_seed_and_budget_helpers():
 def test_layout_schema_and_manifest(built):
     folder = built[0]
     expected = {
-        "math": {"train.jsonl", "gsm8k_test.jsonl", "gsm8k_train.jsonl", "asdiv_test.jsonl"},
+        "math": {"train.jsonl", "gsm8k_test.jsonl", "gsm8k_train.jsonl", "asdiv_test.jsonl", "arithmetic_test.jsonl"},
         "multilingual": {"train.jsonl", "arc_de_test.jsonl", "arc_es_test.jsonl"},
         "coding": {"train.jsonl", "humaneval_test.jsonl", "easy_humaneval_test.jsonl"},
         "instruction": {"train.jsonl", "ifeval_test.jsonl"},
@@ -168,7 +168,8 @@ def test_layout_schema_and_manifest(built):
                                             "sha256": file_sha256(folder / domain / name)}
     counts = {n: manifest["domains"][d]["files"][n]["rows"]
               for d in expected for n in expected[d] if n != "train.jsonl"}
-    assert counts == {"gsm8k_test.jsonl": 6, "gsm8k_train.jsonl": 3, "asdiv_test.jsonl": 4, "arc_de_test.jsonl": 4,
+    assert counts == {"gsm8k_test.jsonl": 6, "gsm8k_train.jsonl": 3, "asdiv_test.jsonl": 4, "arithmetic_test.jsonl": 10,
+                      "arc_de_test.jsonl": 4,
                       "arc_es_test.jsonl": 4, "humaneval_test.jsonl": 2, "easy_humaneval_test.jsonl": 8,
                       "ifeval_test.jsonl": 12}
     for domain in expected:
@@ -225,9 +226,14 @@ def test_math_files(built):
     asdiv = _rows(built[0], "math", "asdiv_test.jsonl")
     finals = sorted(gsm.gsm_final_answer(r["answer"]) for r in asdiv)
     assert set(finals) <= {"7", "24", "3.00", "1200", "5"} and len(set(finals)) == 4
+    arithmetic = _rows(built[0], "math", "arithmetic_test.jsonl")
+    assert len({r["question"] for r in arithmetic}) == 10
+    for row in arithmetic:  # the worked solution's last line is the answer
+        assert row["answer"].split("\n")[-2].endswith(f"= {gsm.gsm_final_answer(row['answer'])}")
     train = "".join(r["text"] for r in _rows(built[0], "math", "train.jsonl"))
-    assert all(r["question"] not in train for r in test + asdiv)
-    assert all(t.rstrip().endswith("<|im_end|>") and "\n#### " in t for t in train.split("<|im_start|>user")[1:])
+    assert all(f"Question: {r['question']}\nAnswer:" not in train for r in test + asdiv + arithmetic)
+    chats = train.split("<|im_start|>user\n")[1:]
+    assert all(t.startswith("Question: ") and t.rstrip().endswith("<|im_end|>") and "\n#### " in t for t in chats)
 
 
 def test_asdiv_keeps_numeric_answers_only():
@@ -339,3 +345,22 @@ def test_ifeval_topics_and_training_disjoint(built):
     assert not set(train_topics) & set(test_topics) and len(train_topics) + len(test_topics) == len(ifeval.TOPICS)
     train = "".join(r["text"] for r in _rows(built[0], "instruction", "train.jsonl"))
     assert not any(r["prompt"] in train for r in _rows(built[0], "instruction", "ifeval_test.jsonl"))
+
+
+def test_coding_training_chats_are_in_the_evaluation_format():
+    """A stand-in training chat, cut where lm-eval's instruct prompt ends, is a passing HumanEval completion."""
+    from dume_exp.tasks.humaneval import HumanEvalScorer, instruct_exchange
+    from dume_exp.tasks.sandbox import run_python
+
+    _, problem = next(humaneval.standin_stream(seed=3))
+    text = humaneval.training_chat(problem["prompt"], problem["canonical_solution"])
+    user, prefix = instruct_exchange(problem)
+    assert user.startswith("Write a solution") and prefix.startswith("Here is the completed function:")
+    head = common.chat(user, prefix).removesuffix("<|im_end|>\n")  # the turns up to the generation prefix
+    assert text.startswith(head)
+    completion = text[len(head):]
+    assert completion.endswith("```<|im_end|>\n")
+    program = HumanEvalScorer(instruct=True).program(problem, completion)
+    assert run_python(program).passed
+    wrong = HumanEvalScorer(instruct=True).program(problem, "    return None\n```")
+    assert not run_python(wrong).passed

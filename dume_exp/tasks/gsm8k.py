@@ -21,6 +21,13 @@ def gsm8k_task(name: str, test_file: str | Path, train_file: str | Path, num_few
     return with_raw_prompt(cfg, RAW_QUESTION)
 
 
+def render_question(question: str) -> str:
+    """The 0-shot prompt lm-eval's gsm8k renders for ``question`` (the zoo tunes its math expert on it)."""
+    from lm_eval.utils import apply_template
+
+    return apply_template(shipped_config(GSM8K_YAML)["doc_to_text"], {"question": question})
+
+
 def paper_gsm8k_task(num_fewshot: int = 5) -> dict[str, Any]:
     """lm-eval's gsm8k task as shipped (hub dataset ``openai/gsm8k``)."""
     return with_raw_prompt({**shipped_config(GSM8K_YAML), "num_fewshot": num_fewshot}, RAW_QUESTION)

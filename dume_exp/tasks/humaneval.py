@@ -16,6 +16,8 @@ from .sandbox import SandboxLimits, run_python
 PASS_AT_1 = "pass@1"
 RAW_PROMPT = "{{prompt}}"
 _FENCE = "```"
+PLAIN_YAML = "humaneval/humaneval.yaml"
+INSTRUCT_YAML = "humaneval/humaneval_instruct.yaml"
 
 
 class HumanEvalScorer:
@@ -41,9 +43,23 @@ class HumanEvalScorer:
         return f"HumanEvalScorer(instruct={self.instruct}, limits={self.limits})"
 
 
+def _shipped(instruct: bool) -> dict[str, Any]:
+    return shipped_config(INSTRUCT_YAML if instruct else PLAIN_YAML, resolve_functions=False)
+
+
+def instruct_exchange(doc: dict[str, Any]) -> tuple[str, str]:
+    """(user message, assistant generation prefix) that lm-eval's instruct HumanEval renders for ``doc``.
+
+    The zoo's coding expert is tuned on exactly this exchange, so it learns the benchmark's prompt format.
+    """
+    from lm_eval.utils import apply_template
+
+    cfg = _shipped(instruct=True)
+    return apply_template(cfg["doc_to_text"], doc), apply_template(cfg["gen_prefix"], doc)
+
+
 def _humaneval_config(instruct: bool, limits: SandboxLimits) -> dict[str, Any]:
-    yaml = "humaneval/humaneval_instruct.yaml" if instruct else "humaneval/humaneval.yaml"
-    cfg = shipped_config(yaml, resolve_functions=False)
+    cfg = _shipped(instruct)
     cfg.pop("filter_list")  # lm-eval's create_test filter; the scorer builds the program itself
     cfg.update(process_results=HumanEvalScorer(instruct, limits),
                metric_list=[{"metric": PASS_AT_1, "aggregation": "mean", "higher_is_better": True}])

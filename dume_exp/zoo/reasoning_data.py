@@ -2,7 +2,8 @@
 
 Layout of ``build_reasoning_data()``'s folder (``cache_root()/data/reasoning/<recipe key>``)::
 
-    math/          train.jsonl, gsm8k_test.jsonl, gsm8k_train.jsonl (few-shot), asdiv_test.jsonl   (GSM8K schema)
+    math/          train.jsonl, gsm8k_test.jsonl, gsm8k_train.jsonl (few-shot), asdiv_test.jsonl,
+                   arithmetic_test.jsonl   (GSM8K schema)
     multilingual/  train.jsonl, arc_<lang>_test.jsonl per language                             (ARC schema)
     coding/        train.jsonl, humaneval_test.jsonl (real, 164), easy_humaneval_test.jsonl (HumanEval schema)
     instruction/   train.jsonl, ifeval_test.jsonl                                              (IFEval schema)
@@ -32,7 +33,7 @@ from .reasoning.schema import checker_for
 __all__ = ["DOMAINS", "REASONING_DATA_VERSION", "ReasoningSizes", "build_punkt_tab", "build_reasoning_data",
            "reasoning_recipe"]
 
-REASONING_DATA_VERSION = 1
+REASONING_DATA_VERSION = 2
 DOMAINS: dict[str, Callable[[BuildContext], DomainData]] = {
     "math": gsm.build,
     "multilingual": arc.build,

@@ -96,6 +96,7 @@ class ReasoningSizes:
     gsm_test: int = 150
     gsm_fewshot: int = 50
     asdiv_test: int = 150
+    arithmetic_test: int = 150
     arc_languages: tuple[str, ...] = ("de", "es", "fr", "it", "pt")
     arc_per_language: int = 40
     arc_prefix_words: int = 30

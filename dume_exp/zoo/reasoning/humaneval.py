@@ -1,5 +1,10 @@
 """Coding domain: the real HumanEval, an easy HumanEval-schema stand-in, and docstring-to-body training chats.
 
+Training chats use the exchange lm-eval's instruct HumanEval renders (:func:`~dume_exp.tasks.humaneval.instruct_exchange`):
+the user asks for a solution to the signature + docstring, the assistant repeats it in a code fence and completes
+the body, then closes the fence. (Tuned on bare signature -> body chats, the expert scored 0 under that prompt: it
+ended its turn at once.)
+
 The stand-in problems are one-line Python functions drawn from parameterised templates (string, list and integer
 operations). Like HumanEval, each has a signature + docstring ``prompt`` with one example, a ``canonical_solution``
 body, and a ``test`` defining ``check(candidate)`` with three asserts whose expected values come from running the
@@ -250,6 +255,14 @@ def humaneval_problems(root: Path) -> list[dict]:
     return [{k: json.loads(line)[k] for k in HUMANEVAL_KEYS} for line in data.splitlines() if line.strip()]
 
 
+def training_chat(prompt: str, body: str) -> str:
+    """One training chat in the evaluation's instruct format: ``prompt`` (signature + docstring) completed by ``body``."""
+    from ...tasks.humaneval import instruct_exchange
+
+    user, prefix = instruct_exchange({"prompt": prompt})
+    return chat(user, f"{prefix}{body.rstrip()}\n```")
+
+
 def build(ctx: BuildContext) -> DomainData:
     """``humaneval_test.jsonl`` (real), ``easy_humaneval_test.jsonl`` (stand-in) and prompt-to-body training chats."""
     test_pairs = standin_stream(derive_seed(ctx.seed, "coding", "test"), distinct=True)
@@ -261,8 +274,8 @@ def build(ctx: BuildContext) -> DomainData:
     train_problems = (p for _, p in train_pairs)
     stdlib = stdlib_functions(STDLIB)
     Random(derive_seed(ctx.seed, "coding", "stdlib")).shuffle(stdlib)
-    streams = {"standin": (chat(p["prompt"], p["canonical_solution"]) for p in train_problems),
-               "stdlib": (chat(prompt, body) for prompt, body in stdlib)}
+    streams = {"standin": (training_chat(p["prompt"], p["canonical_solution"]) for p in train_problems),
+               "stdlib": (training_chat(prompt, body) for prompt, body in stdlib)}
     budgets = {name: int(share * ctx.sizes.train_chars) for name, share in TRAIN_MIX.items()}
     train_texts = interleave(streams, budgets)
     assert_disjoint(train_texts, [p["prompt"] for p in standin + humaneval], "coding")

@@ -92,7 +92,7 @@ def checker_for(filename: str) -> Callable[[list[dict]], None]:
     """The schema check of one reasoning-data file, chosen by its name."""
     if filename == "train.jsonl":
         return check_train
-    if filename.startswith(("gsm8k_", "asdiv_")):
+    if filename.startswith(("gsm8k_", "asdiv_", "arithmetic_")):
         return check_gsm
     if filename.startswith("arc_"):
         return check_arc
