@@ -351,14 +351,15 @@ def test_coding_training_chats_are_in_the_evaluation_format():
     """A stand-in training chat, cut where lm-eval's instruct prompt ends, is a passing HumanEval completion."""
     from dume_exp.tasks.humaneval import HumanEvalScorer, instruct_exchange
     from dume_exp.tasks.sandbox import run_python
+    from dume_exp.zoo.train import TOKEN_BREAK
 
     _, problem = next(humaneval.standin_stream(seed=3))
     text = humaneval.training_chat(problem["prompt"], problem["canonical_solution"])
     user, prefix = instruct_exchange(problem)
     assert user.startswith("Write a solution") and prefix.startswith("Here is the completed function:")
     head = common.chat(user, prefix).removesuffix("<|im_end|>\n")  # the turns up to the generation prefix
-    assert text.startswith(head)
-    completion = text[len(head):]
+    assert text.startswith(head + TOKEN_BREAK)  # the trainer tokenises prefix and answer apart
+    completion = text[len(head + TOKEN_BREAK):]
     assert completion.endswith("```<|im_end|>\n")
     program = HumanEvalScorer(instruct=True).program(problem, completion)
     assert run_python(program).passed

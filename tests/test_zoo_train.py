@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from dume_exp.cache import recipe_key
 from dume_exp.zoo.base_model import base_manifest, dequantised_copy, embedded_recipe, plain_config, prepare_base
 from dume_exp.zoo.train import (
-    TrainConfig, batch_indices, bf16_native, expert_recipe, lr_factor, pack_blocks, select_trainable, train_expert,
+    TOKEN_BREAK, TrainConfig, batch_indices, bf16_native, expert_recipe, lr_factor, pack_blocks, select_trainable,
+    train_expert,
 )
 
 from conftest import tiny_model
@@ -89,6 +90,15 @@ def test_pack_blocks_appends_eos_and_drops_tail(tiny_tokenizer):
     assert blocks.tolist() == [ids[i:i + 3] for i in range(0, len(ids) // 3 * 3, 3)]
     with pytest.raises(ValueError, match="fewer than one block"):
         pack_blocks(tiny_tokenizer, ["cat"], seq_len=1000)
+
+
+def test_pack_blocks_tokenises_the_sides_of_a_break_apart(tiny_tokenizer):
+    prompt, answer = "def f(x):\n", "    return x + 1\n"
+    whole = tiny_tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+    apart = [i for t in (prompt, answer) for i in tiny_tokenizer(t, add_special_tokens=False)["input_ids"]]
+    assert whole != apart  # BPE merges "\n" with the indentation that follows
+    for text, ids in ((prompt + TOKEN_BREAK + answer, apart), (prompt + answer, whole)):
+        assert pack_blocks(tiny_tokenizer, [text], seq_len=len(ids) + 1).tolist() == [ids + [2]]
 
 
 def test_batch_indices_cover_each_epoch_once():

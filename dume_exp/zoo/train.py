@@ -27,6 +27,7 @@ TRAIN_CODE_VERSION = 1
 ADAM_BETAS = (0.9, 0.95)
 LOSS_WINDOW = 10  # steps in the moving average reported as the final loss
 TRAINABLE = ("all", "mlp")
+TOKEN_BREAK = "\x1e"  # in a training text: tokenise the two sides apart (see pack_blocks)
 
 
 @dataclass
@@ -95,14 +96,21 @@ def expert_recipe(base_manifest: dict[str, Any], data_hash: str, cfg: TrainConfi
 
 
 def pack_blocks(tokenizer, texts: Sequence[str], seq_len: int) -> torch.Tensor:
-    """Token blocks [n, seq_len]: every non-empty text tokenised, EOS appended, concatenated, tail dropped."""
+    """Token blocks [n, seq_len]: every non-empty text tokenised, EOS appended, concatenated, tail dropped.
+
+    A text is tokenised in pieces at each :data:`TOKEN_BREAK`, the way a prompt and the model's answer are
+    tokenised apart at inference (a BPE merge across that boundary would teach tokens never seen there).
+    """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("The tokenizer has no eos_token; set one so documents can be separated.")
-    docs = [t for t in texts if t]
+    docs = [t.split(TOKEN_BREAK) for t in texts if t]
+    pieces = [piece for doc in docs for piece in doc]
+    encoded = iter(tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else [])
     ids: list[int] = []
-    for doc in tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []:
-        ids.extend(doc)
+    for doc in docs:
+        for _ in doc:
+            ids.extend(next(encoded))
         ids.append(eos)
     n = len(ids) // seq_len
     if n == 0:

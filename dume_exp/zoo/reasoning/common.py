@@ -11,8 +11,15 @@ from typing import Any
 CHATML = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{response}<|im_end|>\n"
 
 
-def chat(prompt: str, response: str) -> str:
-    """One user/assistant exchange with the tokenizer-independent ChatML markers."""
+def chat(prompt: str, response: str, prefix: str = "") -> str:
+    """One user/assistant exchange with the tokenizer-independent ChatML markers.
+
+    ``prefix`` opens the assistant turn as an evaluation's generation prefix would; the trainer tokenises
+    it apart from ``response`` (:data:`~dume_exp.zoo.train.TOKEN_BREAK`), as the harness does.
+    """
+    from ..train import TOKEN_BREAK
+
+    response = f"{prefix}{TOKEN_BREAK}{response}" if prefix else response
     return CHATML.format(prompt=prompt, response=response)
 
 

@@ -2,8 +2,10 @@
 
 Training chats use the exchange lm-eval's instruct HumanEval renders (:func:`~dume_exp.tasks.humaneval.instruct_exchange`):
 the user asks for a solution to the signature + docstring, the assistant repeats it in a code fence and completes
-the body, then closes the fence. (Tuned on bare signature -> body chats, the expert scored 0 under that prompt: it
-ended its turn at once.)
+the body, then closes the fence; prefix and body are tokenised apart, as at inference. (Tuned on bare signature ->
+body chats, the expert scored 0 under that prompt: it ended its turn at once. Tuned on this exchange tokenised
+whole, it closed the fence at once: the prefix ends in a blank line, and ``"\\n\\n   "`` is one token in the
+training text but the prompt's last token is ``"\\n\\n"``.)
 
 The stand-in problems are one-line Python functions drawn from parameterised templates (string, list and integer
 operations). Like HumanEval, each has a signature + docstring ``prompt`` with one example, a ``canonical_solution``
@@ -260,7 +262,7 @@ def training_chat(prompt: str, body: str) -> str:
     from ...tasks.humaneval import instruct_exchange
 
     user, prefix = instruct_exchange({"prompt": prompt})
-    return chat(user, f"{prefix}{body.rstrip()}\n```")
+    return chat(user, f"{body.rstrip()}\n```", prefix=prefix)
 
 
 def build(ctx: BuildContext) -> DomainData:
