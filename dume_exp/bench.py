@@ -1,4 +1,4 @@
-"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe [--help]``."""
+"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe|router-step [--help]``."""
 from __future__ import annotations
 
 import argparse
@@ -26,8 +26,8 @@ def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_moe(args: argparse.Namespace) -> None:
-    """Forward throughput of one dense expert vs the D-expert MoE with sparse and dense dispatch."""
+def _models(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """A random Llama, the MoE upcycled from it and D-1 perturbed copies, and a batch of token ids."""
     torch.manual_seed(args.seed)
     config = LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
@@ -46,8 +46,18 @@ def bench_moe(args: argparse.Namespace) -> None:
         experts.append(e)
     moe = upcycle(experts, top_k=args.top_k).eval()
     dtype = getattr(torch, args.dtype)
-    base, moe = base.to(dtype), moe.to(dtype)
-    ids = torch.randint(0, args.vocab, (args.batch, args.seq_len))
+    return base.to(dtype), moe.to(dtype), torch.randint(0, args.vocab, (args.batch, args.seq_len))
+
+
+def _header(args: argparse.Namespace) -> str:
+    return (f"model: {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
+            f"D={args.experts}, top-{args.top_k}, batch {args.batch}x{args.seq_len}, {args.dtype}, "
+            f"{torch.get_num_threads()} threads, median of {args.repeats}")
+
+
+def bench_moe(args: argparse.Namespace) -> None:
+    """Forward throughput of one dense expert vs the D-expert MoE with sparse and dense dispatch."""
+    base, moe, ids = _models(args)
     tokens = ids.numel()
 
     def run(model: torch.nn.Module, dispatch: str = "sparse") -> Callable[[], object]:
@@ -58,9 +68,7 @@ def bench_moe(args: argparse.Namespace) -> None:
                 return model.model(input_ids=ids, use_cache=False)  # the decoder: lm_head is shared by all variants
         return call
 
-    print(f"model: {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
-          f"D={args.experts}, top-{args.top_k}, batch {args.batch}x{args.seq_len}, {args.dtype}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(_header(args))
     t = _interleaved_medians(
         {"dense expert": run(base), "MoE sparse dispatch": run(moe), "MoE dense dispatch": run(moe, "dense")},
         args.repeats,
@@ -74,18 +82,47 @@ def bench_moe(args: argparse.Namespace) -> None:
     print("routing share per expert (mean over layers): " + ", ".join(f"{s:.2f}" for s in share.tolist()))
 
 
-BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {"moe": bench_moe}
+def bench_router_step(args: argparse.Namespace) -> None:
+    """One router-training step (forward + backward to the routers) vs a full fine-tuning step of one dense expert."""
+    base, moe, ids = _models(args)
+    for p in moe.parameters():
+        p.requires_grad_(False)
+    for block in moe_blocks(moe):
+        block.router.requires_grad_(True)
+    base.train(), moe.train()
+
+    def step(model: torch.nn.Module, dispatch: str = "sparse") -> Callable[[], object]:
+        def call() -> object:
+            model.zero_grad(set_to_none=True)
+            with contextlib.ExitStack() as stack:
+                if moe_blocks(model):
+                    stack.enter_context(dispatch_mode(model, dispatch))
+                model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        return call
+
+    print(_header(args))
+    t = _interleaved_medians({"dense expert, all parameters": step(base), "MoE routers, sparse dispatch": step(moe),
+                              "MoE routers, dense dispatch": step(moe, "dense")}, args.repeats)
+    for name, secs in t.items():
+        print(f"{name:<30} {secs * 1000:9.1f} ms   {ids.numel() / secs:10.0f} tokens/s")
+    dense_t = t["dense expert, all parameters"]
+    print(f"router step sparse / dense expert step: {t['MoE routers, sparse dispatch'] / dense_t:.3f}x")
+    print(f"router step dense dispatch / dense expert step: {t['MoE routers, dense dispatch'] / dense_t:.3f}x")
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {"moe": bench_moe, "router-step": bench_router_step}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dume_exp.bench", description=__doc__)
     sub = parser.add_subparsers(dest="bench", required=True)
-    moe = sub.add_parser("moe", help=bench_moe.__doc__)
-    for flag, default in [("--experts", 4), ("--top-k", 1), ("--hidden", 512), ("--intermediate", 2048),
-                          ("--layers", 8), ("--heads", 8), ("--vocab", 1024), ("--batch", 8), ("--seq-len", 512),
-                          ("--repeats", 5), ("--seed", 0)]:
-        moe.add_argument(flag, type=int, default=default)
-    moe.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    for name, fn in BENCHMARKS.items():
+        bench = sub.add_parser(name, help=fn.__doc__)
+        for flag, default in [("--experts", 4), ("--top-k", 1), ("--hidden", 512), ("--intermediate", 2048),
+                              ("--layers", 8), ("--heads", 8), ("--vocab", 1024), ("--batch", 8), ("--seq-len", 512),
+                              ("--repeats", 5), ("--seed", 0)]:
+            bench.add_argument(flag, type=int, default=default)
+        bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
     BENCHMARKS[args.bench](args)
 

@@ -30,7 +30,8 @@ class EvalConfig:
     suite: str = "zoo_reasoning"  # zoo_clm | zoo_reasoning | paper_reasoning
     split: str = "test"
     batch_size: int = 8
-    limit: Optional[int] = None
+    limit: Optional[int] = None  # items per task (ARC: per language); None: all
+    domain_limit: dict[str, int] = field(default_factory=dict)  # per-domain overrides of limit, e.g. {math: 100}
     protocol: str = "harness"  # harness | reference
     apply_chat_template: Optional[bool] = None
     max_gen_toks: Optional[int] = None  # cap for every generation task (None: each task's own)

@@ -171,9 +171,10 @@ def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
         suite = paper_reasoning_suite(**({"arc_languages": langs} if langs else {}), **common)
     else:
         raise ValueError(f"eval.suite must be zoo_clm, zoo_reasoning or paper_reasoning; got {ev.suite!r}.")
-    unknown = sorted(set(ev.domain_max_gen_toks) - set(suite.domains))
-    if unknown:
-        raise ValueError(f"eval.domain_max_gen_toks names unknown domain(s) {unknown}; domains: {list(suite.domains)}.")
+    for knob in ("domain_max_gen_toks", "domain_limit"):
+        unknown = sorted(set(ev[knob]) - set(suite.domains))
+        if unknown:
+            raise ValueError(f"eval.{knob} names unknown domain(s) {unknown}; domains: {list(suite.domains)}.")
     capped = {d: suite.select([d]).with_max_gen_toks(n).domains[d] for d, n in ev.domain_max_gen_toks.items()}
     return replace(suite, domains={d: capped.get(d, spec) for d, spec in suite.domains.items()})
 
@@ -187,13 +188,18 @@ def _data_files(obj: Any) -> list[str]:
     return [obj] if isinstance(obj, str) and len(obj) < 4096 and Path(obj).is_file() else []
 
 
+def domain_limit(cfg: DictConfig, domain: str) -> int | None:
+    """Items per task evaluated in ``domain``: ``eval.domain_limit[domain]``, else ``eval.limit``."""
+    return cfg.eval.domain_limit.get(domain, cfg.eval.limit)
+
+
 def evaluation_key(model_fingerprint: str, model: torch.nn.Module, cand: Candidate, domain: str, suite: Suite,
                    cfg: DictConfig, seed: int) -> str:
     """Hash of everything that determines one domain's score: weights (``model_fingerprint``, computed once per
     candidate by the caller), routing, tasks and data, eval knobs."""
     tasks = suite.domains[domain].tasks
-    ev = {k: cfg.eval[k] for k in ("batch_size", "limit", "protocol", "apply_chat_template", "max_gen_toks",
-                                   "bootstrap_iters")}
+    ev = {k: cfg.eval[k] for k in ("batch_size", "protocol", "apply_chat_template", "max_gen_toks", "bootstrap_iters")}
+    ev["limit"] = domain_limit(cfg, domain)
     return recipe_key({"model": model_fingerprint, "candidate": cand.name, "domain_routing": cand.domain_routing,
                        "domain": domain, "tasks": tasks, "data": [file_sha256(f) for f in _data_files(list(tasks))],
                        "eval": ev, "seed": seed, "routing": [(b.top_k, b.temperature) for b in moe_blocks(model)]},
@@ -224,7 +230,7 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
                 reset_routing_counts(model)
             with cand.route_domain(model, domain):
                 res: EvalResult = evaluate(model, tokenizer, suite.select([domain]), batch_size=ev.batch_size,
-                                           limit=ev.limit, bootstrap_iters=ev.bootstrap_iters, seed=seed,
+                                           limit=domain_limit(cfg, domain), bootstrap_iters=ev.bootstrap_iters, seed=seed,
                                            apply_chat_template=ev.apply_chat_template)
             s = res.domains[domain]
             entry = {"score": s.score, "stderr": s.stderr, "n": s.n, "wall_s": res.wall_s,
