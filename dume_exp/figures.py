@@ -75,6 +75,19 @@ def _lam_value(lam: Any) -> float | str:
     return "auto" if lam == "auto" else float(lam)
 
 
+def collection_summary(cells: list[dict[str, Any]], name: str = "dume") -> str:
+    """How much statistics collection the cells' ``name`` rows did, against one collection per cell (the reference)."""
+    reports = [r["info"]["statistics"] for cell in cells for run in cell["seeds"] for r in run["rows"]
+               if r["name"] == name and "statistics" in r.get("info", {})]
+    if not reports:
+        return f"No {name} rows report their statistics collection."
+    spent = sum(r["collect_wall_s"] for r in reports)
+    single = max(r["wall_s"] for r in reports)  # one full collection pass (measured where it ran)
+    return (f"Statistics collection: {spent:.1f} s across {len(reports)} {name} builds, against {single:.1f} s for one "
+            f"collection: {spent / single:.2f}x (one collection per build, as the reference code does: "
+            f"{len(reports)}x). Builds that loaded the statistics from the store collected nothing.")
+
+
 def lambda_sweep(cells: list[dict[str, Any]], out: Path, name: str = "dume") -> Path:
     """Retention of ``name`` vs λ (per domain and average; GCV's ``auto`` as a dashed line); table + PNG."""
     points: dict[Any, dict[str, float]] = {}
@@ -100,7 +113,8 @@ def lambda_sweep(cells: list[dict[str, Any]], out: Path, name: str = "dume") -> 
              "|---" * (len(domains) + 1) + "|"]
     lines += [f"| {k} | " + " | ".join(f"{points[k][c]:.1f}" for c in domains) + " |" for k in keys]
     lines += ["", "Retention (%) against each domain's dense expert; `auto` = per-layer λ chosen by generalised "
-              "cross-validation from the same statistics. Figure: lambda.png."]
+              "cross-validation from the same statistics. Figure: lambda.png.", "", collection_summary(cells, name)]
+    print(lines[-1])
     return _write(out / "lambda.md", lines)
 
 

@@ -85,6 +85,7 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
     report_main([str(micro_setup / "results" / "clm" / "cells"), "--out", str(micro_setup / "sweep")])
     sweep = (micro_setup / "sweep" / "lambda.md").read_text()
     assert "| 0.5 |" in sweep and "| auto |" in sweep and (micro_setup / "sweep" / "lambda.png").stat().st_size > 0
+    assert "across 2 dume builds" in sweep and ": 1.00x (one collection per build" in sweep  # the 2nd λ collected nothing
     assert (micro_setup / "results" / "clm" / "routing_dume.png").stat().st_size > 0
 
 

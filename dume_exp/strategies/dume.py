@@ -15,7 +15,7 @@ def dume_model(ctx: BuildContext) -> Candidate:
     return Candidate("dume", model, collect_cost + cost,
                      info={"lam": lam_info, "calibration_tokens": stats.token_counts.tolist(),
                            "statistics": {k: report.get(k, "exact") if k == "mode" else report[k]
-                                          for k in ("collected", "loaded", "collect_wall_s", "mode")}})
+                                          for k in ("collected", "loaded", "collect_wall_s", "wall_s", "mode")}})
 
 
 @register("dume")
