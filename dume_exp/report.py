@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", action="store_true", help="one table from several runs of one experiment")
     args = parser.parse_args(argv)
     from .figures import routing_figure, sweep_report
+    from .zoo.quality import quality_tables
 
     if args.merge:
         results = merge_results([load_results(r) for r in args.runs])
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         results = load_results(run)
         out = Path(args.out) if args.out else Path("results") / results["experiment"]
         print(f"wrote {write_report(results, out)}")
+        if results["config"]["experts"]["source"] == "zoo" and (matrix := quality_tables(results, out.parent / "zoo")):
+            print(f"wrote {matrix}")
         figure = routing_figure(results, out)
         if figure:
             print(f"wrote {figure}")

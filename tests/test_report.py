@@ -45,6 +45,10 @@ def test_quality_table_checks_diagonal_and_gain(tmp_path):
     text = quality_tables(_results(False, [bad]), tmp_path).read_text()
     assert "| b | no | -33.3% |" in text
     assert quality_tables(_results(False, [{"expert:a": ROWS["expert:a"]}]), tmp_path) is None
+    floor = {k: dict(v) for k, v in ROWS.items()}
+    floor["base"]["a"] = 0.0  # higher-is-better and a base at 0: the gain is absolute
+    text = quality_tables(_results(True, [floor]), tmp_path).read_text()
+    assert "| a | no | +2.000 (the base scores 0) |" in text  # expert b scores 6 on a
 
 
 def test_merge_replaces_rows_of_the_same_name():

@@ -40,8 +40,11 @@ def quality_tables(results: dict[str, Any], out_dir: str | Path) -> Path | None:
     lines += ["", "| domain | its expert is best | gain of its expert over the base |", "|---|---|---|"]
     for d in domains:
         own, base = score[f"{REFERENCE_PREFIX}{d}"][d], score["base"][d]
-        gain = (own - base) / base if hib[d] else (base - own) / base
-        lines.append(f"| {d} | {'yes' if best(d) == f'{REFERENCE_PREFIX}{d}' else 'no'} | {100 * gain:+.1f}% |")
+        if base == 0:  # no relative gain over a zero score: the absolute one
+            gain = f"{own:+.3f} (the base scores 0)"
+        else:
+            gain = f"{100 * ((own - base) / base if hib[d] else (base - own) / base):+.1f}%"
+        lines.append(f"| {d} | {'yes' if best(d) == f'{REFERENCE_PREFIX}{d}' else 'no'} | {gain} |")
     metric = "; ".join(f"{d}: {results['metrics'][d]['label']}, {'higher' if hib[d] else 'lower'} is better, "
                        f"n={rows['base']['n'][d]}" for d in domains)
     lines += ["", f"Metrics: {metric}. Bold: best per column; ± is the standard error where the metric has one. "
