@@ -41,7 +41,7 @@ def routing_figure(results: dict[str, Any], out: Path, name: str = "dume") -> Pa
     domains = results["domains"]
     accuracy = np.array([[shares[layer, d, d] for d in range(len(domains))] for layer in range(shares.shape[0])])
     best = int(accuracy.mean(axis=1).argmax())
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1.6, 1, 1]}, layout="constrained")
     for d, domain in enumerate(domains):
         axes[0].plot(accuracy[:, d], marker=".", label=domain)
     axes[0].plot(accuracy.mean(axis=1), color="black", linewidth=2.5, label="mean")
