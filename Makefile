@@ -25,4 +25,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python -m dume_exp.bench moe
+	for b in moe router-step add-expert; do $(BIN)/python -m dume_exp.bench $$b || exit 1; done

@@ -1,4 +1,4 @@
-"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe|router-step [--help]``."""
+"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe|router-step|add-expert [--help]``."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,10 @@ from collections.abc import Callable
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from .dynamic import add_expert
 from .moe import dispatch_mode, moe_blocks
+from .ridge import fit_routers
+from .statistics import RouterStatistics, collect_statistics
 from .upcycle import upcycle
 
 
@@ -26,8 +29,8 @@ def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _models(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
-    """A random Llama, the MoE upcycled from it and D-1 perturbed copies, and a batch of token ids."""
+def _experts(args: argparse.Namespace) -> list[torch.nn.Module]:
+    """A random Llama and D-1 copies with perturbed MLPs (fp32)."""
     torch.manual_seed(args.seed)
     config = LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
@@ -44,6 +47,13 @@ def _models(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module,
                 for p in layer.mlp.parameters():
                     p.add_(0.02 * torch.randn_like(p))
         experts.append(e)
+    return experts
+
+
+def _models(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """The first expert, the MoE upcycled from all D, and a batch of token ids (in ``args.dtype``)."""
+    experts = _experts(args)
+    base = experts[0]
     moe = upcycle(experts, top_k=args.top_k).eval()
     dtype = getattr(torch, args.dtype)
     return base.to(dtype), moe.to(dtype), torch.randint(0, args.vocab, (args.batch, args.seq_len))
@@ -110,7 +120,42 @@ def bench_router_step(args: argparse.Namespace) -> None:
     print(f"router step dense dispatch / dense expert step: {t['MoE routers, dense dispatch'] / dense_t:.3f}x")
 
 
-BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {"moe": bench_moe, "router-step": bench_router_step}
+def bench_add_expert(args: argparse.Namespace) -> None:
+    """Adding the D-th expert to a (D-1)-expert DUME model (fast and exact) vs building the D-expert model anew."""
+    experts = _experts(args)
+    batches = [[{"input_ids": torch.randint(0, args.vocab, (args.batch, args.seq_len))}] for _ in experts]
+    names = [f"e{d}" for d in range(len(experts))]
+
+    def build(members: list[int]) -> tuple[torch.nn.Module, RouterStatistics]:
+        moe = upcycle([experts[d] for d in members]).eval()
+        stats = collect_statistics(moe, [batches[d] for d in members], args.seq_len, [names[d] for d in members],
+                                   progress=False)
+        fit_routers(moe, stats, lam=1e-2)
+        return moe, stats
+
+    times: dict[str, list[float]] = {"rebuild all D experts": [], "add one, fast": [], "add one, exact": []}
+    for round_ in range(args.repeats + 1):  # round 0 is warm-up; setup (the D-1 model) is not timed
+        for mode in ("fast", "exact"):
+            moe, stats = build(list(range(len(experts) - 1)))
+            start = time.perf_counter()
+            add_expert(moe, stats, experts[-1], batches[-1], names[-1], mode=mode, existing_batches=batches[:-1],
+                       max_tokens_per_sequence=args.seq_len, progress=False)
+            if round_:
+                times[f"add one, {mode}"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        build(list(range(len(experts))))
+        if round_:
+            times["rebuild all D experts"].append(time.perf_counter() - start)
+    print(_header(args) + f"; calibration: {args.batch}x{args.seq_len} tokens per expert")
+    t = {name: statistics.median(v) for name, v in times.items()}
+    for name, secs in t.items():
+        print(f"{name:<24} {secs * 1000:9.1f} ms")
+    print(f"fast add / rebuild: {t['add one, fast'] / t['rebuild all D experts']:.3f}x   "
+          f"(one statistics pass of {len(experts)}: ideal {1 / len(experts):.3f}x)")
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "moe": bench_moe, "router-step": bench_router_step, "add-expert": bench_add_expert}
 
 
 def main(argv: list[str] | None = None) -> None:
