@@ -124,10 +124,10 @@ def test_config_validation():
         TrainConfig(steps=5, warmup_steps=5)
 
 
-def test_expert_recipe_ignores_threads_and_tracks_hyperparameters():
+def test_expert_recipe_ignores_threads_device_and_tracks_hyperparameters():
     manifest = {"spec": "s", "model_sha256": "ab", "seconds": 3.0}
     key = recipe_key(expert_recipe(manifest, "d1", CFG))
-    assert recipe_key(expert_recipe({**manifest, "seconds": 9.0}, "d1", replace(CFG, threads=2))) == key
+    assert recipe_key(expert_recipe({**manifest, "seconds": 9.0}, "d1", replace(CFG, threads=2, device="cuda"))) == key
     assert recipe_key(expert_recipe(manifest, "d1", replace(CFG, lr=1e-3))) != key
     assert recipe_key(expert_recipe(manifest, "d2", CFG)) != key
     with pytest.raises(KeyError, match="model_sha256"):

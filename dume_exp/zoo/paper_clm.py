@@ -356,8 +356,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=LLAMA3_TOKENIZER,
                         help="hub id or folder of the Llama-3 tokenizer (e.g. an ungated copy)")
     parser.add_argument("--domains", nargs="+", default=None, help=f"a subset of {list(PAPER_DOMAINS)}")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where pretraining and fine-tuning run (default: cuda when available)")
     args = parser.parse_args(argv)
     recipe = PaperCLMRecipe(tokenizer=args.tokenizer)
+    recipe = replace(recipe, pretrain=replace(recipe.pretrain, device=args.device),
+                     finetune=replace(recipe.finetune, device=args.device))
     try:
         recipe = recipe.subset(args.domains) if args.domains else recipe
     except ValueError as err:

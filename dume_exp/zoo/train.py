@@ -49,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True  # bf16 autocast, used only where the CPU has native bf16 (else fp32)
     threads: int = 0  # torch threads while training; 0 keeps torch's current setting
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... (paper-scale recipes train on a GPU)
 
     def __post_init__(self) -> None:
         if self.trainable not in TRAINABLE:
@@ -83,12 +84,12 @@ class TrainResult:
 def expert_recipe(base_manifest: dict[str, Any], data_hash: str, cfg: TrainConfig) -> dict[str, Any]:
     """Everything that determines an expert's weights, for ``cache.recipe_key``.
 
-    The base enters by its weights hash only (not its path); ``threads`` is left out, since it only
-    changes float summation order, not what is trained.
+    The base enters by its weights hash only (not its path); ``threads`` and ``device`` are left out, since
+    they only change float summation order, not what is trained.
     """
     if "model_sha256" not in base_manifest:
         raise KeyError("base_manifest has no 'model_sha256'; build it with dume_exp.zoo.base_model.base_manifest().")
-    train = {k: v for k, v in asdict(cfg).items() if k != "threads"}
+    train = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "device")}
     return {
         "base_sha256": base_manifest["model_sha256"],
         "data": data_hash, "train": train, "code": TRAIN_CODE_VERSION,
@@ -179,12 +180,14 @@ def train_expert(base: str | Path, texts: Sequence[str], out_dir: Path, cfg: Tra
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(base)
     blocks = pack_blocks(tokenizer, texts, cfg.seq_len)
-    precision = "bf16" if cfg.bf16 and bf16_native() else "fp32"
+    device = torch.device(cfg.device)
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else bf16_native()
+    precision = "bf16" if cfg.bf16 and native else "fp32"
     if cfg.bf16 and precision == "fp32":
-        log.warning("This CPU has no native bf16; training in fp32 instead.")
+        log.warning("This %s has no native bf16; training in fp32 instead.", device.type.upper())
     with torch.random.fork_rng(devices=[]), _num_threads(cfg.threads):
         torch.manual_seed(cfg.seed)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
         named = select_trainable(model, cfg.trainable)
         params = [p for _, p in named]
         optimizer = _optimizer(named, cfg)
@@ -196,8 +199,8 @@ def train_expert(base: str | Path, texts: Sequence[str], out_dir: Path, cfg: Tra
                    desc=f"train {out_dir.name}", unit="step")
         start = time.perf_counter()
         for step, idx in enumerate(bar, 1):
-            batch = blocks[idx]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            batch = blocks[idx].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = model(input_ids=batch, labels=batch, use_cache=False).loss
             loss.backward()
             if cfg.grad_clip:
@@ -210,7 +213,7 @@ def train_expert(base: str | Path, texts: Sequence[str], out_dir: Path, cfg: Tra
                             tok_s=f"{step * tokens_per_step / (time.perf_counter() - start):.0f}")
         seconds = time.perf_counter() - start
         bar.close()
-    model.eval()
+    model.eval().cpu()
     result = TrainResult(
         out_dir=out_dir, steps=cfg.steps, tokens=cfg.steps * tokens_per_step, seconds=round(seconds, 2),
         tokens_per_second=round(cfg.steps * tokens_per_step / seconds, 1),
