@@ -301,19 +301,24 @@ def cell_path(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / cfg.experiment / "cells" / f"{key}.json"
 
 
-def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> None:
-    """Write the results into the run folder and its cell, and the table when ``write_table``."""
+def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path, track: Tracker | None = None) -> None:
+    """Write the results, table and routing figure into the run folder and the cell; with ``write_table`` also
+    ``results/<experiment>/table.*``, ``results/figures/<experiment>_routing_dume.png`` and the zoo matrix."""
     write_json_atomic(run_dir / "results.json", results)
     write_json_atomic(cell_path(cfg), results)
     from .figures import routing_figure
     from .zoo.quality import quality_tables
 
     write_report(results, run_dir)
+    figure = routing_figure(results, run_dir / "routing_dume.png")
+    if figure is not None and track is not None:
+        track.log_image("figures/routing_dume", figure)
     if cfg.write_table:
-        write_report(results, Path(cfg.results_dir) / cfg.experiment)
-        routing_figure(results, Path(cfg.results_dir) / cfg.experiment)
+        results_dir = Path(cfg.results_dir)
+        write_report(results, results_dir / cfg.experiment)
+        routing_figure(results, results_dir / "figures" / f"{cfg.experiment}_routing_dume.png")
         if cfg.experts.source == "zoo":
-            quality_tables(results, Path(cfg.results_dir) / "zoo")
+            quality_tables(results, results_dir / "zoo")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -350,7 +355,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "n_items": first["n"], "wall_s": time.perf_counter() - start,
             "all_domains": expert_set.all_domains, "statistics_mode": cfg.router.statistics,
         }
-        publish(cfg, results, run_dir)
+        publish(cfg, results, run_dir, track)
         rows = table_rows(results)
         cols = expert_set.domains + ["avg"]
         for kind in ("raw", "retention"):

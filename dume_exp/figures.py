@@ -33,8 +33,9 @@ def routing_matrices(results: dict[str, Any], name: str = "dume") -> np.ndarray 
     return (counts / counts.sum(axis=2, keepdims=True)).transpose(1, 0, 2)
 
 
-def routing_figure(results: dict[str, Any], out: Path, name: str = "dume") -> Path | None:
-    """Per-layer routing accuracy against domain labels, and the domain × expert matrix (best layer, average)."""
+def routing_figure(results: dict[str, Any], path: Path, name: str = "dume") -> Path | None:
+    """Per-layer routing accuracy against domain labels, and the domain × expert matrix (best layer, average),
+    drawn to the PNG ``path``; ``None`` when the results have no routing counts for ``name``."""
     shares = routing_matrices(results, name)
     if shares is None:
         return None
@@ -61,7 +62,7 @@ def routing_figure(results: dict[str, Any], out: Path, name: str = "dume") -> Pa
                 ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if mat[i, j] < 0.5 else "black")
     fig.colorbar(im, ax=axes[1:], shrink=0.8)
-    return _save(fig, out / f"routing_{name}.png")
+    return _save(fig, path)
 
 
 def load_cells(folder: Path) -> list[dict[str, Any]]:
@@ -88,8 +89,9 @@ def collection_summary(cells: list[dict[str, Any]], name: str = "dume") -> str:
             f"{len(reports)}x). Builds that loaded the statistics from the store collected nothing.")
 
 
-def lambda_sweep(cells: list[dict[str, Any]], out: Path, name: str = "dume") -> Path:
-    """Retention of ``name`` vs λ (per domain and average; GCV's ``auto`` as a dashed line); table + PNG."""
+def lambda_sweep(cells: list[dict[str, Any]], out: Path, figure: Path, name: str = "dume") -> tuple[Path, Path]:
+    """Retention of ``name`` vs λ (per domain and average; GCV's ``auto`` as a dashed line): ``out/lambda.md``
+    and the PNG ``figure``."""
     points: dict[Any, dict[str, float]] = {}
     for cell in cells:
         row = next((r for r in table_rows(cell) if r["name"] == name), None)
@@ -107,19 +109,20 @@ def lambda_sweep(cells: list[dict[str, Any]], out: Path, name: str = "dume") -> 
     ax.set(xlabel="ridge penalty λ", ylabel="retention (%)",
            title=f"{name}: retention vs λ ({cells[0]['experiment']}; dashed: λ=auto by GCV)")
     ax.legend(fontsize=8, ncol=3)
-    _save(fig, out / "lambda.png")
+    _save(fig, figure)
     keys = numeric + (["auto"] if "auto" in points else [])
     lines = [f"# λ sweep: {name} ({cells[0]['experiment']})", "", "| λ | " + " | ".join(domains) + " |",
              "|---" * (len(domains) + 1) + "|"]
     lines += [f"| {k} | " + " | ".join(f"{points[k][c]:.1f}" for c in domains) + " |" for k in keys]
     lines += ["", "Retention (%) against each domain's dense expert; `auto` = per-layer λ chosen by generalised "
-              "cross-validation from the same statistics. Figure: lambda.png.", "", collection_summary(cells, name)]
+              f"cross-validation from the same statistics. Figure: {figure}.", "", collection_summary(cells, name)]
     print(lines[-1])
-    return _write(out / "lambda.md", lines)
+    return _write(out / "lambda.md", lines), figure
 
 
-def experts_sweep(cells: list[dict[str, Any]], out: Path) -> Path:
-    """Average retention vs number of experts, per strategy and statistics mode; table + PNG."""
+def experts_sweep(cells: list[dict[str, Any]], out: Path, figure: Path) -> tuple[Path, Path]:
+    """Average retention vs number of experts, per strategy and statistics mode: ``out/experts.md`` and the PNG
+    ``figure``."""
     series: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     lines_rows = []
     for cell in cells:
@@ -143,7 +146,7 @@ def experts_sweep(cells: list[dict[str, Any]], out: Path) -> Path:
            title=f"retention vs number of experts ({cells[0]['experiment']}); dots: subsets")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
-    _save(fig, out / "experts.png")
+    _save(fig, figure)
     lines = [f"# Expert-count sweep ({cells[0]['experiment']})", "", "| experts | subset | strategy | statistics | avg retention (%) |",
              "|---|---|---|---|---|"]
     seen = set()
@@ -153,8 +156,8 @@ def experts_sweep(cells: list[dict[str, Any]], out: Path) -> Path:
         seen.add((subset, label, mode))
         lines.append(f"| {k} | {subset} | {label} | {mode} | {value:.1f} |")
     lines += ["", "exact: statistics recollected under the subset's averaged backbone; fast: the full set's "
-              "statistics reused (no forward pass). Figure: experts.png."]
-    return _write(out / "experts.md", lines)
+              f"statistics reused (no forward pass). Figure: {figure}."]
+    return _write(out / "experts.md", lines), figure
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -163,12 +166,14 @@ def _write(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def sweep_report(folder: Path, out: Path) -> Path:
-    """Detect which knob the cells vary (λ or the expert subset) and write that sweep's table and figure."""
+def sweep_report(folder: Path, out: Path, figures: Path) -> tuple[Path, Path]:
+    """Detect which knob the cells vary (λ or the expert subset) and write that sweep's table (in ``out``) and
+    figure (``figures/<lambda|experts>_<experiment>.png``)."""
     cells = load_cells(folder)
+    experiment = cells[0]["experiment"]
     if len({json.dumps(c["config"]["router"]["lam"]) for c in cells}) > 1:
-        return lambda_sweep(cells, out)
+        return lambda_sweep(cells, out, figures / f"lambda_{experiment}.png")
     if len({json.dumps(c["config"]["experts"].get("subset")) for c in cells}) > 1:
-        return experts_sweep(cells, out)
+        return experts_sweep(cells, out, figures / f"experts_{experiment}.png")
     raise ValueError(f"The cells in {folder} vary neither router.lam nor experts.subset; nothing to sweep over.")
 

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -165,35 +166,57 @@ def merge_results(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _publish(results: dict[str, Any], out: Path, figures: Path, track: Any) -> list[Path]:
+    """Table (and zoo matrix for zoo runs) in ``out``, routing figure in ``figures``; figure logged to ``track``."""
+    from .figures import routing_figure
+    from .zoo.quality import quality_tables
+
+    written = [write_report(results, out)]
+    if results["config"]["experts"]["source"] == "zoo" and (matrix := quality_tables(results, out.parent / "zoo")):
+        written.append(matrix)
+    figure = routing_figure(results, figures / f"{results['experiment']}_routing_dume.png")
+    if figure is not None:
+        track.log_image(f"figures/{figure.stem}", figure)
+        written.append(figure)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dume_exp.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders or results.json files; or a sweep's cells/ folder")
     parser.add_argument("--out", help="output folder (default: results/<experiment>; for cells, their parent)")
+    parser.add_argument("--figures", default="results/figures", help="folder of the PNG figures")
     parser.add_argument("--merge", action="store_true", help="one table from several runs of one experiment")
+    parser.add_argument("--logger", choices=("wandb", "none"), default="wandb",
+                        help="log the figures to a wandb run (offline unless WANDB_MODE says otherwise) "
+                             "under outputs/report/")
     args = parser.parse_args(argv)
-    from .figures import routing_figure, sweep_report
-    from .zoo.quality import quality_tables
+    from .figures import sweep_report
+    from .tracking import tracker
 
-    if args.merge:
-        results = merge_results([load_results(r) for r in args.runs])
-        out = Path(args.out) if args.out else Path("results") / results["experiment"]
-        write_json_atomic(out / "results.json", results)
-        print(f"wrote {write_report(results, out)} and {routing_figure(results, out)}")
-        return
-    for run in args.runs:
-        run = Path(run)
-        if run.is_dir() and not (run / "results.json").exists():
-            print(f"wrote {sweep_report(run, Path(args.out) if args.out else run.parent)}")
-            continue
-        results = load_results(run)
-        out = Path(args.out) if args.out else Path("results") / results["experiment"]
-        print(f"wrote {write_report(results, out)}")
-        if results["config"]["experts"]["source"] == "zoo" and (matrix := quality_tables(results, out.parent / "zoo")):
-            print(f"wrote {matrix}")
-        figure = routing_figure(results, out)
-        if figure:
-            print(f"wrote {figure}")
+    figures = Path(args.figures)
+    run_dir = Path("outputs") / "report" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    with tracker(args.logger, run_dir, {"runs": args.runs}, "dume_exp", name=f"report-{run_dir.name}",
+                 group="report") as track:
+        if args.merge:
+            results = merge_results([load_results(r) for r in args.runs])
+            out = Path(args.out) if args.out else Path("results") / results["experiment"]
+            write_json_atomic(out / "results.json", results)
+            written = _publish(results, out, figures, track)
+        else:
+            written = []
+            for run in map(Path, args.runs):
+                if run.is_dir() and not (run / "results.json").exists():
+                    table, figure = sweep_report(run, Path(args.out) if args.out else run.parent, figures)
+                    track.log_image(f"figures/{figure.stem}", figure)
+                    written += [table, figure]
+                    continue
+                results = load_results(run)
+                written += _publish(results, Path(args.out) if args.out else Path("results") / results["experiment"],
+                                    figures, track)
+    for path in written:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -82,11 +82,15 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
     # The cells of the two λ values make a λ sweep report; the main run drew its routing figure.
     from dume_exp.report import main as report_main
 
-    report_main([str(micro_setup / "results" / "clm" / "cells"), "--out", str(micro_setup / "sweep")])
+    report_main([str(micro_setup / "results" / "clm" / "cells"), "--out", str(micro_setup / "sweep"),
+                 "--figures", str(micro_setup / "figures"), "--logger", "none"])
     sweep = (micro_setup / "sweep" / "lambda.md").read_text()
-    assert "| 0.5 |" in sweep and "| auto |" in sweep and (micro_setup / "sweep" / "lambda.png").stat().st_size > 0
+    assert "| 0.5 |" in sweep and "| auto |" in sweep
+    assert (micro_setup / "figures" / "lambda_clm.png").stat().st_size > 0
     assert "across 2 dume builds" in sweep and ": 1.00x (one collection per build" in sweep  # the 2nd λ collected nothing
-    assert (micro_setup / "results" / "clm" / "routing_dume.png").stat().st_size > 0
+    assert (micro_setup / "results" / "figures" / "clm_routing_dume.png").stat().st_size > 0
+    assert (micro_setup / "run" / "routing_dume.png").stat().st_size > 0
+    assert list((micro_setup / "run" / "wandb").rglob("media/images/figures/routing_dume*.png"))  # logged to wandb
 
 
 def test_bad_configuration_fails_fast_with_the_fix(micro_setup):
