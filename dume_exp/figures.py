@@ -108,7 +108,7 @@ def lambda_sweep(cells: list[dict[str, Any]], out: Path, figure: Path, name: str
     ax.set_xscale("log")
     ax.set(xlabel="ridge penalty λ", ylabel="retention (%)",
            title=f"{name}: retention vs λ ({cells[0]['experiment']}; dashed: λ=auto by GCV)")
-    ax.legend(fontsize=8, ncol=3)
+    ax.legend(fontsize=8, ncol=len(domains), loc="upper center", bbox_to_anchor=(0.5, -0.16))
     _save(fig, figure)
     keys = numeric + (["auto"] if "auto" in points else [])
     lines = [f"# λ sweep: {name} ({cells[0]['experiment']})", "", "| λ | " + " | ".join(domains) + " |",
