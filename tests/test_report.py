@@ -1,6 +1,7 @@
 """Tables computed from synthetic results: retention arithmetic, seeds, best marking, zoo quality checks."""
 import pytest
 
+from dume_exp.figures import collection_summary
 from dume_exp.report import merge_results, render_markdown, retention, table_rows
 from dume_exp.zoo.quality import quality_tables
 
@@ -59,3 +60,15 @@ def test_merge_replaces_rows_of_the_same_name():
     assert "Merged from 2 runs" in render_markdown(merged, table_rows(merged))
     with pytest.raises(ValueError, match="same experiment"):
         merge_results([_results(False, [ROWS]), {**_results(False, [fixed]), "domains": ["a"]}])
+
+
+def test_collection_summary_counts_what_each_build_collected():
+    def cell(collected_s):
+        stats = {"collected": [], "loaded": [], "collect_wall_s": collected_s, "wall_s": 40.0, "mode": "exact"}
+        return {"seeds": [{"rows": [{"name": "dume", "info": {"statistics": stats}}, {"name": "expert:a", "info": {}}]}]}
+
+    text = collection_summary([cell(40.0)] + [cell(0.0)] * 5)  # one pass, five builds from the store
+    assert text.startswith("Statistics collection: 40.0 s across 6 dume builds, against 40.0 s for one collection: 1.00x")
+    assert "as the reference code does: 6x" in text
+    assert collection_summary([cell(40.0), cell(20.0)]).split(": ")[2].startswith("1.50x")
+    assert collection_summary([{"seeds": [{"rows": []}]}]) == "No dume rows report their statistics collection."
