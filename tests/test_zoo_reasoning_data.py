@@ -265,6 +265,8 @@ def test_arc_items_point_at_the_true_continuation(built):
     assert held and len(held) < 4
     paragraphs = {lang: _paragraphs(s, 8) for lang, s in (("de", GERMAN), ("es", SPANISH))}
     train = "".join(r["text"] for r in _rows(built[0], "multilingual", "train.jsonl"))
+    assert train.count("<|im_start|>user\nQuestion: ") == train.count("<|im_start|>user") > 0  # the ARC prompt
+    assert train.count("\nAnswer:<|im_end|>") == train.count("<|im_start|>user")
     for lang in ("de", "es"):
         for item in _rows(built[0], "multilingual", f"arc_{lang}_test.jsonl"):
             truth = item["choices"]["text"][item["choices"]["label"].index(item["answerKey"])]
@@ -272,7 +274,7 @@ def test_arc_items_point_at_the_true_continuation(built):
             assert len(sources) == 1 and sources[0].startswith(f"{item['question']} {truth}")
             page = f"page{paragraphs[lang].index(sources[0]) // 2}.html"
             assert page in held
-            assert arc.CONTINUE_PROMPT.format(prefix=" ".join(sources[0].split()[:8])) not in train
+            assert "Question: " + " ".join(sources[0].split()[:8]) not in train
             assert len(truth.split()) == SIZES.arc_choice_words
 
 

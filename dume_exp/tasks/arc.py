@@ -22,6 +22,13 @@ def arc_task(name: str, test_file: str | Path) -> dict[str, Any]:
     return local_data(shipped_config(ARC_YAML), name, {"test": test_file}, num_fewshot=0)
 
 
+def render_question(question: str) -> str:
+    """The prompt lm-eval's ARC config renders for ``question`` (the zoo tunes its multilingual expert on it)."""
+    from lm_eval.utils import apply_template
+
+    return apply_template(shipped_config(ARC_YAML)["doc_to_text"], {"question": question})
+
+
 def paper_arc_task(language: str) -> dict[str, Any]:
     """The okapi m-ARC task ``arc_<language>`` as shipped with lm-eval."""
     if language not in OKAPI_ARC_LANGUAGES:

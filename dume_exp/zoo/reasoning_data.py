@@ -33,7 +33,7 @@ from .reasoning.schema import checker_for
 __all__ = ["DOMAINS", "REASONING_DATA_VERSION", "ReasoningSizes", "build_punkt_tab", "build_reasoning_data",
            "reasoning_recipe"]
 
-REASONING_DATA_VERSION = 3
+REASONING_DATA_VERSION = 4
 DOMAINS: dict[str, Callable[[BuildContext], DomainData]] = {
     "math": gsm.build,
     "multilingual": arc.build,
