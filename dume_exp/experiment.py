@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from .cache import cache_root, file_sha256, recipe_key, write_json_atomic
 from .evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
 from .moe import moe_blocks, reset_routing_counts, routing_counts
-from .report import table_rows, write_report
+from .report import publish_tables, table_rows, write_report
 from .router_training import RouterTrainingConfig
 from .stats_store import StatisticsStore, tensor_fingerprint
 from .strategies import STRATEGIES, BuildContext, Candidate, RouterConfig, build
@@ -304,21 +304,16 @@ def cell_path(cfg: DictConfig) -> Path:
 def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path, track: Tracker | None = None) -> None:
     """Write the results, table and routing figure into the run folder and the cell; with ``write_table`` also
     ``results/<experiment>/table.*``, ``results/figures/<experiment>_routing_dume.png`` and the zoo matrix."""
+    from .figures import routing_figure
+
     write_json_atomic(run_dir / "results.json", results)
     write_json_atomic(cell_path(cfg), results)
-    from .figures import routing_figure
-    from .zoo.quality import quality_tables
-
     write_report(results, run_dir)
     figure = routing_figure(results, run_dir / "routing_dume.png")
     if figure is not None and track is not None:
         track.log_image("figures/routing_dume", figure)
     if cfg.write_table:
-        results_dir = Path(cfg.results_dir)
-        write_report(results, results_dir / cfg.experiment)
-        routing_figure(results, results_dir / "figures" / f"{cfg.experiment}_routing_dume.png")
-        if cfg.experts.source == "zoo":
-            quality_tables(results, results_dir / "zoo")
+        publish_tables(results, Path(cfg.results_dir) / cfg.experiment, Path(cfg.results_dir) / "figures")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -166,8 +166,9 @@ def merge_results(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _publish(results: dict[str, Any], out: Path, figures: Path, track: Any) -> list[Path]:
-    """Table (and zoo matrix for zoo runs) in ``out``, routing figure in ``figures``; figure logged to ``track``."""
+def publish_tables(results: dict[str, Any], out: Path, figures: Path, track: Any = None) -> list[Path]:
+    """Table in ``out`` (and the zoo matrix in ``out/../zoo`` for zoo runs), routing figure in ``figures`` (logged
+    to ``track`` when given); returns the paths written."""
     from .figures import routing_figure
     from .zoo.quality import quality_tables
 
@@ -176,7 +177,8 @@ def _publish(results: dict[str, Any], out: Path, figures: Path, track: Any) -> l
         written.append(matrix)
     figure = routing_figure(results, figures / f"{results['experiment']}_routing_dume.png")
     if figure is not None:
-        track.log_image(f"figures/{figure.stem}", figure)
+        if track is not None:
+            track.log_image(f"figures/{figure.stem}", figure)
         written.append(figure)
     return written
 
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             results = merge_results([load_results(r) for r in args.runs])
             out = Path(args.out) if args.out else Path("results") / results["experiment"]
             write_json_atomic(out / "results.json", results)
-            written = _publish(results, out, figures, track)
+            written = publish_tables(results, out, figures, track)
         else:
             written = []
             for run in map(Path, args.runs):
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                     written += [table, figure]
                     continue
                 results = load_results(run)
-                written += _publish(results, Path(args.out) if args.out else Path("results") / results["experiment"],
+                written += publish_tables(results, Path(args.out) if args.out else Path("results") / results["experiment"],
                                     figures, track)
     for path in written:
         print(f"wrote {path}")
