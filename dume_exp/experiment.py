@@ -179,13 +179,16 @@ def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
     return replace(suite, domains={d: capped.get(d, spec) for d, spec in suite.domains.items()})
 
 
-def _data_files(obj: Any) -> list[str]:
-    """Existing files named anywhere in a task config (their contents enter the evaluation key)."""
+def content_keyed(obj: Any) -> Any:
+    """``obj`` (a task config) with every existing file path replaced by the file's sha256: evaluation keys follow
+    the data's contents, not where a (re)built data folder happens to live."""
     if isinstance(obj, Mapping):
-        return [f for v in obj.values() for f in _data_files(v)]
+        return {k: content_keyed(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [f for v in obj for f in _data_files(v)]
-    return [obj] if isinstance(obj, str) and len(obj) < 4096 and Path(obj).is_file() else []
+        return [content_keyed(v) for v in obj]
+    if isinstance(obj, str) and len(obj) < 4096 and Path(obj).is_file():
+        return {"sha256": file_sha256(obj)}
+    return obj
 
 
 def domain_limit(cfg: DictConfig, domain: str) -> int | None:
@@ -201,7 +204,7 @@ def evaluation_key(model_fingerprint: str, model: torch.nn.Module, cand: Candida
     ev = {k: cfg.eval[k] for k in ("batch_size", "protocol", "apply_chat_template", "max_gen_toks", "bootstrap_iters")}
     ev["limit"] = domain_limit(cfg, domain)
     return recipe_key({"model": model_fingerprint, "candidate": cand.name, "domain_routing": cand.domain_routing,
-                       "domain": domain, "tasks": tasks, "data": [file_sha256(f) for f in _data_files(list(tasks))],
+                       "domain": domain, "tasks": content_keyed(list(tasks)),
                        "eval": ev, "seed": seed, "routing": [(b.top_k, b.temperature) for b in moe_blocks(model)]},
                       length=24)
 

@@ -421,3 +421,21 @@ def test_network_namespace_stops_code_that_bypasses_the_python_guard():
     assert n == 0 and "rc -1" in output
     n, output = _connections_while(program, SandboxLimits(timeout_s=2.0, isolate_network=False))
     assert n == 1 and "rc 0" in output  # the same code does connect without the namespace
+
+
+def test_evaluation_keys_follow_file_contents_not_paths(tmp_path):
+    from dume_exp.cache import recipe_key
+    from dume_exp.experiment import content_keyed
+
+    for folder, text in (("a", "x\n"), ("b", "x\n"), ("c", "y\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "test.jsonl").write_text(text)
+
+    def key(folder: str) -> str:
+        task = {"task": "t", "dataset_kwargs": {"data_files": {"test": str(tmp_path / folder / "test.jsonl")}},
+                "metric_list": [{"metric": "acc"}], "doc_to_text": "{{question}}"}
+        return recipe_key({"tasks": content_keyed([task])})
+
+    assert key("a") == key("b")  # same contents in a rebuilt folder: the cached scores still apply
+    assert key("a") != key("c")  # changed contents: a new key
+    assert content_keyed({"path": "not/a/file", "n": 3}) == {"path": "not/a/file", "n": 3}
