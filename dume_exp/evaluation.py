@@ -13,7 +13,8 @@ mean (as the paper averages m-ARC over languages).
 
 Standard errors are computed from the per-item values lm-eval logs: closed form
 ``std(ddof=1)/sqrt(n)`` for mean-aggregated metrics (the binomial standard error for 0/1
-scores), a seeded item-level bootstrap of the task's own aggregation otherwise (perplexity,
+scores), the cluster-robust ratio-estimator form for means over lists (IFEval's instruction-level
+accuracy, prompts as clusters), a seeded item-level bootstrap of the task's own aggregation otherwise (perplexity,
 IFEval instruction-level accuracy) when ``bootstrap_iters > 0``, else ``None``.
 """
 from __future__ import annotations
@@ -234,6 +235,14 @@ def _stderr(values: list, aggregate: Callable[[list], float], bootstrap_iters: i
         return None
     if aggregate is get_aggregation("mean") and all(isinstance(v, (int, float)) for v in values):
         return float(np.std(np.asarray(values, dtype=np.float64), ddof=1) / math.sqrt(n))
+    if all(isinstance(v, list) and v for v in values):
+        sums = np.array([sum(map(float, v)) for v in values])
+        sizes = np.array([len(v) for v in values], dtype=np.float64)
+        ratio = sums.sum() / sizes.sum()
+        if math.isclose(aggregate(values), ratio, rel_tol=1e-12, abs_tol=1e-12):
+            # the mean over every item of every sample (IFEval's instruction level): ratio-estimator standard
+            # error with the samples (prompts) as clusters, since items of one prompt are not independent
+            return float(math.sqrt(n / (n - 1) * ((sums - ratio * sizes) ** 2).sum()) / sizes.sum())
     if bootstrap_iters <= 0:
         return None
     stats = [aggregate([values[i] for i in rng.integers(0, n, n)]) for _ in range(bootstrap_iters)]

@@ -10,6 +10,7 @@ import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -439,3 +440,20 @@ def test_evaluation_keys_follow_file_contents_not_paths(tmp_path):
     assert key("a") == key("b")  # same contents in a rebuilt folder: the cached scores still apply
     assert key("a") != key("c")  # changed contents: a new key
     assert content_keyed({"path": "not/a/file", "n": 3}) == {"path": "not/a/file", "n": 3}
+
+
+def test_instruction_level_stderr_is_the_clustered_ratio_estimator():
+    from dume_exp.evaluation import _stderr
+
+    def flat_mean(items):  # how lm-eval aggregates IFEval's inst_level_* metrics
+        flat = [x for sub in items for x in sub]
+        return sum(flat) / len(flat)
+
+    values = [[True, False], [True], [False, False, True], [True, True]]
+    y, m = np.array([1.0, 1.0, 1.0, 2.0]), np.array([2.0, 1.0, 3.0, 2.0])
+    p = y.sum() / m.sum()
+    want = math.sqrt(4 / 3 * ((y - p * m) ** 2).sum()) / m.sum()
+    assert _stderr(values, flat_mean, 0, np.random.default_rng(0)) == pytest.approx(want, rel=1e-12)
+    closed = _stderr(values * 50, flat_mean, 0, np.random.default_rng(0))
+    boot = _stderr(values * 50, lambda v: flat_mean(v) + 1e-9, 2000, np.random.default_rng(0))  # not the ratio: bootstrap
+    assert boot == pytest.approx(closed, rel=0.1)  # the closed form agrees with a prompt-level bootstrap
