@@ -198,12 +198,16 @@ def main(argv: list[str] | None = None) -> None:
     from .tracking import tracker
 
     figures = Path(args.figures)
+
+    def table_dir(results: dict[str, Any]) -> Path:
+        return Path(args.out) if args.out else Path("results") / results["experiment"]
+
     run_dir = Path("outputs") / "report" / time.strftime("%Y-%m-%d_%H-%M-%S")
     with tracker(args.logger, run_dir, {"runs": args.runs}, "dume_exp", name=f"report-{run_dir.name}",
                  group="report") as track:
         if args.merge:
             results = merge_results([load_results(r) for r in args.runs])
-            out = Path(args.out) if args.out else Path("results") / results["experiment"]
+            out = table_dir(results)
             write_json_atomic(out / "results.json", results)
             written = publish_tables(results, out, figures, track)
         else:
@@ -215,8 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                     written += [table, figure]
                     continue
                 results = load_results(run)
-                written += publish_tables(results, Path(args.out) if args.out else Path("results") / results["experiment"],
-                                    figures, track)
+                written += publish_tables(results, table_dir(results), figures, track)
     for path in written:
         print(f"wrote {path}")
 

@@ -148,10 +148,8 @@ def train_routers_cached(
             for name, tensor in load_file(str(path)).items():
                 params[name].copy_(tensor)
         return TrainingCost(int(meta["steps"]), int(meta["tokens"]), float(meta["wall_s"]), float(meta["final_loss"])), True
-    cost = train_routers(model, batches, cfg, progress=progress)
     trained = {id(p) for p in trainable_router_parameters(model, cfg.train_gate_proj)}
-    for p in model.parameters():
-        p.requires_grad_(False)
+    cost = train_routers(model, batches, cfg, progress=progress)  # leaves every parameter frozen again
     state = {n: p.detach().contiguous() for n, p in params.items() if id(p) in trained}
     with atomic_file(path) as tmp:
         save_file(state, str(tmp), metadata={k: repr(v) for k, v in asdict(cost).items()})

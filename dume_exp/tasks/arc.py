@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import LM_EVAL_TASKS, local_data, shipped_config
+from .common import LM_EVAL_TASKS, local_data, render_shipped, shipped_config
 
 ARC_YAML = "arc/arc_easy.yaml"
 OKAPI_DIR = "okapi/arc_multilingual"
@@ -24,9 +24,7 @@ def arc_task(name: str, test_file: str | Path) -> dict[str, Any]:
 
 def render_question(question: str) -> str:
     """The prompt lm-eval's ARC config renders for ``question`` (the zoo tunes its multilingual expert on it)."""
-    from lm_eval.utils import apply_template
-
-    return apply_template(shipped_config(ARC_YAML)["doc_to_text"], {"question": question})
+    return render_shipped(ARC_YAML, "doc_to_text", {"question": question})
 
 
 def paper_arc_task(language: str) -> dict[str, Any]:

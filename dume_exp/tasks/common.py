@@ -1,6 +1,7 @@
 """Helpers shared by the task builders: load lm-eval's shipped task YAMLs and re-point their data."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,19 @@ def shipped_config(relpath: str, *, resolve_functions: bool = True) -> dict[str,
     cfg = dict(load_yaml(path, resolve_func=resolve_functions))
     cfg.pop("tag", None)
     return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_template(relpath: str, key: str) -> str:
+    return shipped_config(relpath, resolve_functions=False)[key]
+
+
+def render_shipped(relpath: str, key: str, doc: Mapping[str, Any]) -> str:
+    """Template ``key`` (e.g. ``doc_to_text``) of a shipped task YAML rendered for ``doc``, as lm-eval renders it
+    (the zoo tunes its experts on these exact prompts). The YAML is read once per template."""
+    from lm_eval.utils import apply_template
+
+    return apply_template(_shipped_template(relpath, key), dict(doc))
 
 
 def require_file(path: str | Path) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import local_data, shipped_config, with_raw_prompt
+from .common import local_data, render_shipped, shipped_config, with_raw_prompt
 
 GSM8K_YAML = "gsm8k/gsm8k.yaml"
 RAW_QUESTION = "{{question}}"
@@ -23,9 +23,7 @@ def gsm8k_task(name: str, test_file: str | Path, train_file: str | Path, num_few
 
 def render_question(question: str) -> str:
     """The 0-shot prompt lm-eval's gsm8k renders for ``question`` (the zoo tunes its math expert on it)."""
-    from lm_eval.utils import apply_template
-
-    return apply_template(shipped_config(GSM8K_YAML)["doc_to_text"], {"question": question})
+    return render_shipped(GSM8K_YAML, "doc_to_text", {"question": question})
 
 
 def paper_gsm8k_task(num_fewshot: int = 5) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import local_data, shipped_config, with_raw_prompt
+from .common import local_data, render_shipped, shipped_config, with_raw_prompt
 from .sandbox import SandboxLimits, run_python
 
 PASS_AT_1 = "pass@1"
@@ -43,23 +43,16 @@ class HumanEvalScorer:
         return f"HumanEvalScorer(instruct={self.instruct}, limits={self.limits})"
 
 
-def _shipped(instruct: bool) -> dict[str, Any]:
-    return shipped_config(INSTRUCT_YAML if instruct else PLAIN_YAML, resolve_functions=False)
-
-
 def instruct_exchange(doc: dict[str, Any]) -> tuple[str, str]:
     """(user message, assistant generation prefix) that lm-eval's instruct HumanEval renders for ``doc``.
 
     The zoo's coding expert is tuned on exactly this exchange, so it learns the benchmark's prompt format.
     """
-    from lm_eval.utils import apply_template
-
-    cfg = _shipped(instruct=True)
-    return apply_template(cfg["doc_to_text"], doc), apply_template(cfg["gen_prefix"], doc)
+    return render_shipped(INSTRUCT_YAML, "doc_to_text", doc), render_shipped(INSTRUCT_YAML, "gen_prefix", doc)
 
 
 def _humaneval_config(instruct: bool, limits: SandboxLimits) -> dict[str, Any]:
-    cfg = _shipped(instruct)
+    cfg = shipped_config(INSTRUCT_YAML if instruct else PLAIN_YAML, resolve_functions=False)
     cfg.pop("filter_list")  # lm-eval's create_test filter; the scorer builds the program itself
     cfg.update(process_results=HumanEvalScorer(instruct, limits),
                metric_list=[{"metric": PASS_AT_1, "aggregation": "mean", "higher_is_better": True}])
