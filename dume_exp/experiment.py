@@ -4,11 +4,14 @@ Called by the Hydra entry point (``python -m dume_exp``) with the composed confi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import gc
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -51,13 +54,17 @@ class ExpertSet:
 
 
 def selected_strategies(cfg: DictConfig) -> list[str]:
+    """The strategies to run in registry order; ``dense_expert`` always, as every table's retention reference
+    (its scores are cached, so a subset run costs one evaluation of each expert once)."""
     chosen = [name for name, on in cfg.strategy.items() if on]
     unknown = sorted(set(chosen) - set(STRATEGIES))
     if unknown:
         raise ValueError(f"Unknown strategy {unknown}; valid choices: {sorted(STRATEGIES)}.")
     if not chosen:
         raise ValueError(f"No strategy selected; use strategy=all or e.g. strategy=[dume,oracle] ({sorted(STRATEGIES)}).")
-    return [name for name in STRATEGIES if name in chosen]  # registry order: experts first
+    if "dense_expert" not in chosen:
+        log.info("also scoring dense_expert: the retention reference of every domain")
+    return [name for name in STRATEGIES if name in chosen or name == "dense_expert"]
 
 
 def parse_lambda(value: Any) -> float | str:
@@ -289,18 +296,42 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
                                 ["layer"] + [f"expert:{e}" for e in expert_set.domains],
                                 [[i, *c] for i, c in enumerate(layer_counts)])
             del cand
-            gc.collect()
+            release_memory()
     return rows
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back (glibc): without it RSS and evaluation time crept up
+    from one candidate to the next in long runs."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # Config entries that do not change a run's numbers (left out of its cell key).
 PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "write_table")
 
 
+def code_versions() -> dict[str, int]:
+    """Versions of the code whose changes alter results without a config change (expert data and training,
+    statistics collection, router training)."""
+    from .router_training import ROUTER_TRAINING_VERSION
+    from .stats_store import COLLECTOR_VERSION
+    from .zoo.clm_data import CLM_DATA_VERSION
+    from .zoo.reasoning_data import REASONING_DATA_VERSION
+    from .zoo.train import TRAIN_CODE_VERSION
+
+    return {"router_training": ROUTER_TRAINING_VERSION, "collector": COLLECTOR_VERSION, "clm_data": CLM_DATA_VERSION,
+            "reasoning_data": REASONING_DATA_VERSION, "expert_training": TRAIN_CODE_VERSION}
+
+
 def cell_path(cfg: DictConfig) -> Path:
-    """Where the results of this exact configuration are kept, keyed by the hash of what determines them."""
+    """Where the results of this exact configuration are kept, keyed by the hash of what determines them
+    (the configuration and :func:`code_versions`)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    key = recipe_key({k: v for k, v in resolved.items() if k not in PRESENTATION_KEYS}, length=20)
+    config = {k: v for k, v in resolved.items() if k not in PRESENTATION_KEYS}
+    key = recipe_key({"config": config, "code": code_versions()}, length=20)
     return Path(cfg.results_dir) / cfg.experiment / "cells" / f"{key}.json"
 
 

@@ -73,7 +73,7 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
     assert again.returncode == 0 and "already finished; skipping" in again.stdout + again.stderr
     assert json.loads((micro_setup / "run_again" / "results.json").read_text())["seeds"] == results["seeds"]
     # A new λ is a new cell: the experts' scores and the router statistics come from the caches.
-    other = _run(micro_setup, "router.lam=0.5", "strategy=[dense_expert,dume]", f"hydra.run.dir={micro_setup}/run_lam")
+    other = _run(micro_setup, "router.lam=0.5", "strategy=dume", f"hydra.run.dir={micro_setup}/run_lam")
     assert other.returncode == 0, other.stderr[-3000:]
     new_rows = {r["name"]: r for r in json.loads((micro_setup / "run_lam" / "results.json").read_text())["seeds"][0]["rows"]}
     assert new_rows["expert:code"]["eval_cached"] == ["prose", "code"] and new_rows["dume"]["eval_cached"] == []
