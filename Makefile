@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install run test bench
+.PHONY: install run test bench jemalloc
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-run: install
+run: install jemalloc
 	$(BIN)/python -m dume_exp +experiment=reasoning
+
+# Optional and best effort (Debian/Ubuntu as root): the app preloads jemalloc when present (dume_exp/allocator.py);
+# with glibc's allocator a long run slows down as its heap fragments.
+jemalloc:
+	@[ -n "$$(ls /usr/lib/*/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 2>/dev/null)" ] || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q libjemalloc2 || { apt-get update -q && apt-get install -y -q libjemalloc2; }; } >/dev/null 2>&1; } || \
+	echo "note: libjemalloc2 is not installed; long runs are slower with glibc's allocator (README, 'Measured')"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from .allocator import active_allocator
 from .cache import cache_root, file_sha256, recipe_key, write_json_atomic
 from .evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
 from .moe import moe_blocks, reset_routing_counts, routing_counts
@@ -381,6 +382,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "calibration": {"split": cfg.calibration.split, "max_samples": cfg.calibration.max_samples,
                             "eval_split_leak": cfg.calibration.split == "test"},
             "provenance": expert_set.provenance, "suite": suite.name, "protocol": suite.protocol,
+            "allocator": active_allocator(),
             "n_items": first["n"], "wall_s": time.perf_counter() - start,
             "all_domains": expert_set.all_domains, "statistics_mode": cfg.router.statistics,
         }
