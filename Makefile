@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 run: install jemalloc
-	$(BIN)/python -m dume_exp +experiment=reasoning
+	$(BIN)/python -m dume_exp +experiment=reasoning resume=false  # recompute even when a finished cell is committed
 
 # Optional and best effort (Debian/Ubuntu as root): the app preloads jemalloc when present (dume_exp/allocator.py);
 # with glibc's allocator a long run slows down as its heap fragments.
