@@ -4,14 +4,11 @@ Called by the Hydra entry point (``python -m dume_exp``) with the composed confi
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
 import gc
 import json
 import logging
 import random
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -297,17 +294,8 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
                                 ["layer"] + [f"expert:{e}" for e in expert_set.domains],
                                 [[i, *c] for i, c in enumerate(layer_counts)])
             del cand
-            release_memory()
+            gc.collect()
     return rows
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back (glibc): without it RSS and evaluation time crept up
-    from one candidate to the next in long runs."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # Config entries that do not change a run's numbers (left out of its cell key).
