@@ -23,6 +23,7 @@ class ExpertsConfig:
     tokenizer: Optional[str] = None  # defaults to the first expert's
     data_dir: Optional[str] = None  # calibration/evaluation data in the zoo layout; the zoo sets it
     dtype: str = "float32"
+    vocab: str = "align"  # experts whose vocabulary row counts differ: align (merge the shared rows) | strict (refuse)
 
 
 @dataclass
@@ -63,6 +64,10 @@ class CalibrationConfig:
     batch_size: int = 8
     store_statistics: bool = True  # reuse router statistics from <cache>/statistics (keyed by content)
     bf16: bool = False  # statistics passes under bf16 autocast (accumulation stays float64)
+    # prompt_answer: each row's whole text | prompt: its question/prompt only (a chat transcript up to and including
+    # the first assistant header); for router statistics and BTX/DUME+ training alike
+    text: str = "prompt_answer"
+    mask_padding: bool = True  # false: the padding positions of each calibration batch enter the router statistics
 
 
 @dataclass

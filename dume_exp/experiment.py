@@ -5,12 +5,13 @@ Called by the Hydra entry point (``python -m dume_exp``) with the composed confi
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from .tracking import Tracker, tracker
 
 log = logging.getLogger(__name__)
 SPLIT_FILES = {"train": ["train.jsonl"], "validation": ["validation.jsonl"], "test": ["test.jsonl", "*_test.jsonl"]}
+CALIBRATION_TEXTS = ("prompt_answer", "prompt")  # calibration.text: a row's whole text | its question/prompt only
+PROMPT_FIELDS = ("question", "prompt")  # the fields of a row that make its prompt
+VOCAB_MODES = ("align", "strict")  # experts.vocab
 
 
 @dataclass
@@ -44,6 +48,7 @@ class ExpertSet:
     data_dir: Path
     nltk_data: Path | None
     provenance: dict[str, Any]
+    calibration: dict[str, list[str]]  # every calibration text per domain (all domains), see calibration_texts
     base: str | None = None
 
     @property
@@ -79,7 +84,7 @@ def parse_lambda(value: Any) -> float | str:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Fail before any model is loaded: strategy names, λ, calibration split."""
+    """Fail before any model is loaded: strategy names, λ, calibration and vocabulary settings."""
     selected_strategies(cfg)
     parse_lambda(cfg.router.lam)
     cal = cfg.calibration
@@ -90,6 +95,14 @@ def validate(cfg: DictConfig) -> None:
                          "code's default); set calibration.allow_eval_split=true to do it anyway (tables mark it).")
     if cal.max_samples < 1:
         raise ValueError(f"calibration.max_samples must be ≥ 1; got {cal.max_samples}.")
+    if cal.text not in CALIBRATION_TEXTS:
+        raise ValueError(f"calibration.text must be one of {list(CALIBRATION_TEXTS)} (prompt: the question/prompt "
+                         f"only, as the reference implementation); got {cal.text!r}.")
+    if not isinstance(cal.mask_padding, bool):
+        raise ValueError(f"calibration.mask_padding must be true or false (false: padding tokens enter the router "
+                         f"statistics, as in the reference implementation); got {cal.mask_padding!r}.")
+    if cfg.experts.vocab not in VOCAB_MODES:
+        raise ValueError(f"experts.vocab must be one of {list(VOCAB_MODES)}; got {cfg.experts.vocab!r}.")
     subset = list(cfg.experts.subset or [])
     if subset and (len(subset) < 2 or not set(subset) <= set(cfg.experts.domains) or len(set(subset)) != len(subset)):
         raise ValueError(f"experts.subset must name ≥ 2 distinct domains of {list(cfg.experts.domains)}; got {subset}.")
@@ -118,37 +131,84 @@ def load_expert_set(cfg: DictConfig) -> ExpertSet:
         data_dir, nltk_data, provenance, base = Path(ec.data_dir), None, {"models": dict(paths)}, ec.base
     else:
         raise ValueError(f"experts.source must be 'zoo' or 'pretrained'; got {ec.source!r}.")
-    experts = [AutoModelForCausalLM.from_pretrained(str(paths[d]), dtype=dtype).eval() for d in ec.domains]
     tokenizer = AutoTokenizer.from_pretrained(str(ec.tokenizer or paths[ec.domains[0]]))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    texts = calibration_texts(cfg, Path(data_dir), list(ec.domains), tokenizer)  # bad data fails before the models load
+    experts = [AutoModelForCausalLM.from_pretrained(str(paths[d]), dtype=dtype).eval() for d in ec.domains]
     active = list(ec.subset) if ec.subset else list(ec.domains)
-    return ExpertSet(experts, list(ec.domains), active, tokenizer, Path(data_dir), nltk_data, provenance, base)
+    return ExpertSet(experts, list(ec.domains), active, tokenizer, Path(data_dir), nltk_data, provenance, texts, base)
 
 
-def domain_texts(data_dir: Path, domain: str, split: str) -> list[str]:
-    """Texts of one domain's split: rows' ``text``, else their question/prompt (and answer) fields."""
+def assistant_header(tokenizer: Any) -> str:
+    """What the tokenizer's chat template writes before an assistant turn (its generation prompt), e.g. ChatML's
+    ``<|im_start|>assistant\\n``."""
+    fix = "use calibration.text=prompt_answer, or a tokenizer whose chat template has one (experts.tokenizer)"
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"calibration.text=prompt cuts chat transcripts after the assistant header of the tokenizer's "
+                         f"chat template, but the tokenizer has no chat template; {fix}.")
+    turn = [{"role": "user", "content": "PLACEHOLDER"}]
+    closed = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=False)
+    opened = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    if not opened.startswith(closed) or not opened[len(closed):].strip():
+        raise ValueError(f"calibration.text=prompt cuts chat transcripts after the assistant header, but the "
+                         f"tokenizer's chat template renders no generation prompt; {fix}.")
+    return opened[len(closed):]
+
+
+def row_text(row: Mapping[str, Any], mode: str, header: Callable[[], str]) -> str:
+    """One data row's calibration text.
+
+    ``prompt_answer``: its ``text``, else its question/prompt and answer fields. ``prompt``: its question/prompt
+    fields, else its ``text`` (a chat transcript) up to and including the first assistant header (``header()``).
+    """
+    if mode == "prompt_answer":
+        return row.get("text") or "\n".join(str(row[k]) for k in (*PROMPT_FIELDS, "answer") if k in row)
+    prompt = [str(row[k]) for k in PROMPT_FIELDS if k in row]
+    if prompt:
+        return "\n".join(prompt)
+    text, head = str(row.get("text", "")), header()
+    end = text.find(head)
+    if end < 0:
+        fields = "/".join(PROMPT_FIELDS)
+        raise ValueError(f"calibration.text=prompt: the row has no {fields} field and its text is no chat transcript "
+                         f"with the assistant header {head!r} of the tokenizer's chat template; give the rows {fields} "
+                         f"fields, use the experts' own tokenizer (experts.tokenizer) or calibration.text=prompt_answer.")
+    return text[: end + len(head)]
+
+
+def domain_texts(data_dir: Path, domain: str, split: str, mode: str, header: Callable[[], str]) -> list[str]:
+    """Non-blank texts of one domain's split, one per row (:func:`row_text` with ``mode`` and ``header``)."""
     files = sorted({f for pattern in SPLIT_FILES[split] for f in (data_dir / domain).glob(pattern)})
     if not files:
         raise FileNotFoundError(f"No {split} data for domain {domain!r} under {data_dir / domain} "
                                 f"(looked for {SPLIT_FILES[split]}).")
     texts = []
     for f in files:
-        for line in f.read_text().splitlines():
-            row = json.loads(line)
-            text = row.get("text") or "\n".join(str(row[k]) for k in ("question", "prompt", "answer") if k in row)
+        for number, line in enumerate(f.read_text().splitlines(), 1):
+            try:
+                text = row_text(json.loads(line), mode, header)
+            except ValueError as err:
+                raise ValueError(f"{f}:{number}: {err}") from None
             if text.strip():
                 texts.append(text)
     return texts
 
 
-def calibration_texts(cfg: DictConfig, data_dir: Path, domains: list[str], seed: int) -> dict[str, list[str]]:
-    cal = cfg.calibration
+def calibration_texts(cfg: DictConfig, data_dir: Path, domains: list[str], tokenizer: Any) -> dict[str, list[str]]:
+    """Every text of ``calibration.split`` per domain, as ``calibration.text`` says (the tokenizer's assistant
+    header is derived only when a chat transcript has to be cut)."""
+    header = functools.cache(functools.partial(assistant_header, tokenizer))
+    return {d: domain_texts(data_dir, d, cfg.calibration.split, cfg.calibration.text, header) for d in domains}
+
+
+def calibration_sample(texts: Mapping[str, list[str]], max_samples: int, seed: int) -> dict[str, list[str]]:
+    """One seed's calibration texts per domain: a seeded shuffle, then the first ``max_samples``."""
     out = {}
-    for d in domains:
-        texts = domain_texts(data_dir, d, cal.split)
-        random.Random(f"{seed}-{d}").shuffle(texts)
-        out[d] = texts[: cal.max_samples]
+    for d, every in texts.items():
+        shuffled = list(every)
+        random.Random(f"{seed}-{d}").shuffle(shuffled)
+        out[d] = shuffled[:max_samples]
     return out
 
 
@@ -256,7 +316,7 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
 def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, track: Tracker) -> list[dict[str, Any]]:
     random.seed(seed)
     torch.manual_seed(seed)
-    texts = calibration_texts(cfg, expert_set.data_dir, expert_set.all_domains, seed)
+    texts = calibration_sample(expert_set.calibration, cfg.calibration.max_samples, seed)
     tok, r = expert_set.tokenizer, cfg.router
     btx_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.btx).items() if k not in ("batch_size", "seq_len")}
 
@@ -273,10 +333,10 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
             experts=experts, domains=domains, calibration_batches=lambda: calibration(domains),
             training_batches=lambda: training(domains),
             router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize, r.max_tokens_per_sequence,
-                                cfg.calibration.bf16),
+                                cfg.calibration.bf16, cfg.calibration.mask_padding),
             training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
             stats_store=StatisticsStore() if cfg.calibration.store_statistics else None, parent=parent,
-            base=expert_set.base,
+            base=expert_set.base, vocab=cfg.experts.vocab,
         )
 
     subset = expert_set.domains != expert_set.all_domains
@@ -300,6 +360,9 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
 
 # Config entries that do not change a run's numbers (left out of its cell key).
 PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "write_table")
+# Fields added after results cells were committed, with their defaults: left out of the cell key while they hold
+# these values, so every configuration from before them keeps its key (and its committed cell).
+KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align"}
 
 
 def code_versions() -> dict[str, int]:
@@ -315,13 +378,30 @@ def code_versions() -> dict[str, int]:
             "reasoning_data": REASONING_DATA_VERSION, "expert_training": TRAIN_CODE_VERSION}
 
 
+def drop_neutral_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a resolved config container, changed in place) without the :data:`KEY_NEUTRAL_DEFAULTS` entries
+    that hold their default."""
+    for dotted, default in KEY_NEUTRAL_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node = functools.reduce(lambda d, k: d.get(k, {}), parents, config)
+        if leaf in node and node[leaf] == default:
+            del node[leaf]
+    return config
+
+
 def cell_path(cfg: DictConfig) -> Path:
     """Where the results of this exact configuration are kept, keyed by the hash of what determines them
-    (the configuration and :func:`code_versions`)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (the configuration without its presentation keys and key-neutral defaults, and :func:`code_versions`)."""
+    resolved = drop_neutral_defaults(OmegaConf.to_container(cfg, resolve=True))
     config = {k: v for k, v in resolved.items() if k not in PRESENTATION_KEYS}
     key = recipe_key({"config": config, "code": code_versions()}, length=20)
     return Path(cfg.results_dir) / cfg.experiment / "cells" / f"{key}.json"
+
+
+def calibration_record(cal: DictConfig) -> dict[str, Any]:
+    """``results["calibration"]``: what the tables say about the router data."""
+    return {"split": cal.split, "max_samples": cal.max_samples, "eval_split_leak": cal.split == "test",
+            "text": cal.text, "mask_padding": cal.mask_padding}
 
 
 def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path, track: Tracker | None = None) -> None:
@@ -367,8 +447,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         results = {
             "experiment": cfg.experiment, "title": cfg.title or cfg.experiment, "domains": expert_set.domains,
             "metrics": metrics, "seed_list": seeds, "seeds": per_seed, "config": resolved,
-            "calibration": {"split": cfg.calibration.split, "max_samples": cfg.calibration.max_samples,
-                            "eval_split_leak": cfg.calibration.split == "test"},
+            "calibration": calibration_record(cfg.calibration),
             "provenance": expert_set.provenance, "suite": suite.name, "protocol": suite.protocol,
             "allocator": active_allocator(),
             "n_items": first["n"], "wall_s": time.perf_counter() - start,

@@ -72,6 +72,17 @@ def _fmt(mean: float, std: float, n: int, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
 
 
+def calibration_protocol_note(cal: dict[str, Any]) -> str:
+    """The table note of a run whose calibration follows the reference implementation's protocol (empty otherwise;
+    results written before these settings existed used the defaults)."""
+    note = ""
+    if cal.get("text", "prompt_answer") == "prompt":
+        note += " Calibration text: **prompt** (questions/prompts only, no answers)."
+    if not cal.get("mask_padding", True):
+        note += " **PADDING COUNTED**: router statistics include the padding tokens of the calibration batches."
+    return note
+
+
 def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     domains = results["domains"]
     cols = domains + ["avg"]
@@ -109,7 +120,8 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "not ranked).",
         f"Calibration split: **{cal['split']}**" + (" (EVALUATION DATA: router statistics saw the test set)"
                                                   if cal.get("eval_split_leak") else "")
-        + f"; max samples per domain: {cal['max_samples']}; seeds: {results['seed_list']}.",
+        + f"; max samples per domain: {cal['max_samples']}; seeds: {results['seed_list']}."
+        + calibration_protocol_note(cal),
     ]
     if results.get("notes"):
         lines += ["", *results["notes"]]

@@ -97,12 +97,18 @@ class RouterStatistics:
         return cls(tensors["gram"], tensors["sums"], names)
 
 
-def _pack(batch: Mapping[str, torch.Tensor], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Right-pad the first ``max_tokens`` real tokens of every row (left or right padding in)."""
+def _ids_and_mask(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's ``input_ids`` and boolean ``attention_mask`` (all ones when absent), both ``[B, T]``."""
     ids = torch.as_tensor(batch["input_ids"])
     if ids.dim() == 1:
         ids = ids[None]
     mask = torch.as_tensor(batch.get("attention_mask", torch.ones_like(ids))).reshape(ids.shape).bool()
+    return ids, mask
+
+
+def _pack(batch: Mapping[str, torch.Tensor], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Right-pad the first ``max_tokens`` real tokens of every row (left or right padding in)."""
+    ids, mask = _ids_and_mask(batch)
     rows = [row[m][:max_tokens] for row, m in zip(ids, mask) if m.any()]
     if not rows:
         return None
@@ -115,6 +121,22 @@ def _pack(batch: Mapping[str, torch.Tensor], max_tokens: int) -> tuple[torch.Ten
     return packed, packed_mask
 
 
+def _forward_inputs(batch: Mapping[str, torch.Tensor], max_tokens: int,
+                    mask_padding: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(input_ids, attention_mask, counted)`` of one statistics forward pass, ``counted`` the boolean ``[B, T]``
+    positions that enter the statistics; None when no position counts.
+
+    ``mask_padding``: the packed real tokens (:func:`_pack`), each counted. Otherwise the batch as given (its own
+    pad ids, padding side and attention mask), cut to its first ``max_tokens`` columns, every position counted.
+    """
+    if mask_padding:
+        packed = _pack(batch, max_tokens)
+        return None if packed is None else (*packed, packed[1].bool())
+    ids, mask = _ids_and_mask(batch)
+    ids, mask = ids[:, :max_tokens], mask[:, :max_tokens]
+    return (ids, mask.long(), torch.ones_like(mask)) if ids.numel() else None
+
+
 @torch.inference_mode()
 def collect_statistics(
     model: nn.Module,
@@ -124,16 +146,20 @@ def collect_statistics(
     progress: bool = True,
     experts: Sequence[int] | None = None,
     bf16_autocast: bool = False,
+    mask_padding: bool = True,
 ) -> RouterStatistics:
     """Accumulate router statistics with every MoE block forced to expert ``d`` on ``batches_by_expert[d]``.
 
     Each batch is a dict with ``input_ids`` and optionally ``attention_mask`` (left or right
-    padding). Only non-padding tokens among the first ``max_tokens_per_sequence`` real tokens of a
+    padding). With ``mask_padding`` (default) only the first ``max_tokens_per_sequence`` real tokens of each
     sequence count; x is the MoE block's input (the post-attention-norm hidden state).
     ``experts`` restricts the pass to those expert indices (``batches_by_expert`` then lists
     their data in that order), e.g. to add one new expert's statistics to stored ones.
     ``bf16_autocast`` runs the forward passes under bf16 autocast (about 2× faster on CPUs with
     native bf16); accumulation stays float64.
+    ``mask_padding=False`` reproduces the reference implementation: every position of each batch as given
+    (the tokenizer-padded ``[B, T]`` grid, pad tokens included, cut to its first ``max_tokens_per_sequence``
+    columns) counts, the forward pass still using the batch's attention mask; token counts then include the pads.
     """
     blocks = require_moe_blocks(model)
     num_experts, hidden = blocks[0].num_experts, blocks[0].router.in_features
@@ -168,11 +194,11 @@ def collect_statistics(
             state["expert"] = slot
             with force_expert(model, d):
                 for batch in tqdm(batches, desc=f"router statistics: {names[slot]}", disable=not progress, leave=False):
-                    packed = _pack(batch, int(max_tokens_per_sequence))
-                    if packed is None:
+                    inputs = _forward_inputs(batch, int(max_tokens_per_sequence), mask_padding)
+                    if inputs is None:
                         continue
-                    ids, mask = (t.to(device) for t in packed)
-                    state["mask"] = mask.reshape(-1).bool()
+                    ids, mask, counted = (t.to(device) for t in inputs)
+                    state["mask"] = counted.reshape(-1)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_autocast):
                         decoder(input_ids=ids, attention_mask=mask, use_cache=False)
     finally:

@@ -1,8 +1,8 @@
 """Persistent router-statistics store: per expert, keyed by exactly what determines the statistics.
 
 An expert's statistics depend on the backbone (every parameter outside the MoE blocks), that expert's
-MLPs, its calibration tokens, ``max_tokens_per_sequence``, the model dtype and the collector's code
-version; not on the routers (statistics are collected under forced routing) nor on the other experts.
+MLPs, its calibration tokens, ``max_tokens_per_sequence``, whether padding is masked, the model dtype and the
+collector's code version; not on the routers (statistics are collected under forced routing) nor on the other experts.
 So λ sweeps, repeated runs and added experts load them instead of running forward passes.
 """
 from __future__ import annotations
@@ -53,12 +53,13 @@ class StatisticsStore:
         self.root = Path(root) if root is not None else cache_root() / "statistics"
 
     def keys(self, model: nn.Module, batches_by_expert: Sequence[Sequence[Mapping[str, torch.Tensor]]],
-             max_tokens_per_sequence: int, bf16_autocast: bool = False) -> list[str]:
+             max_tokens_per_sequence: int, bf16_autocast: bool = False, mask_padding: bool = True) -> list[str]:
         backbone = backbone_fingerprint(model)
         dtype = str(next(model.parameters()).dtype) + ("+bf16-autocast" if bf16_autocast else "")
         return [recipe_key({"backbone": backbone, "expert": expert_fingerprint(model, d),
                             "data": batches_fingerprint(batches), "max_tokens_per_sequence": int(max_tokens_per_sequence),
-                            "dtype": dtype, "collector": COLLECTOR_VERSION}, length=24)
+                            "mask_padding": bool(mask_padding), "dtype": dtype, "collector": COLLECTOR_VERSION},
+                           length=24)
                 for d, batches in enumerate(batches_by_expert)]
 
     def statistics(
@@ -69,17 +70,18 @@ class StatisticsStore:
         expert_names: Sequence[str],
         progress: bool = True,
         bf16_autocast: bool = False,
+        mask_padding: bool = True,
     ) -> tuple[RouterStatistics, dict]:
         """Stored statistics where they exist, a collection pass for the rest; returns them with a report
         (``collected``/``loaded`` expert names, ``collect_wall_s`` now, and the original ``wall_s``/``tokens``)."""
-        keys = self.keys(model, batches_by_expert, max_tokens_per_sequence, bf16_autocast)
+        keys = self.keys(model, batches_by_expert, max_tokens_per_sequence, bf16_autocast, mask_padding)
         paths = [self.root / f"{k}.safetensors" for k in keys]
         missing = [d for d, p in enumerate(paths) if not p.exists()]
         start = time.perf_counter()
         if missing:
             fresh = collect_statistics(model, [batches_by_expert[d] for d in missing], max_tokens_per_sequence,
                                        expert_names=[expert_names[d] for d in missing], progress=progress,
-                                       experts=missing, bf16_autocast=bf16_autocast)
+                                       experts=missing, bf16_autocast=bf16_autocast, mask_padding=mask_padding)
             wall = time.perf_counter() - start
             for slot, d in enumerate(missing):
                 share = wall * float(fresh.token_counts[slot]) / max(1, int(fresh.token_counts.sum()))

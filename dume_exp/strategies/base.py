@@ -27,6 +27,7 @@ class RouterConfig:
     normalize: bool = True
     max_tokens_per_sequence: int = 1024
     bf16_autocast: bool = False  # statistics forward passes under bf16 autocast
+    mask_padding: bool = True  # False: padding positions enter the statistics (the reference implementation)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class BuildContext:
     stats_store: StatisticsStore | None = None
     base: str | None = None  # the model the experts were fine-tuned from (strategy base_model)
     parent: "BuildContext | None" = None  # fast mode: statistics of this larger expert set, subset-selected
+    vocab: str = "align"  # experts whose vocabulary row counts differ: align (merge the shared rows) | strict
 
     def upcycled(self) -> PreTrainedModel:
         return upcycle(self.experts, top_k=self.router.top_k, temperature=self.router.temperature, seed=self.seed)
@@ -92,12 +94,13 @@ class BuildContext:
         if self.stats_store is None:
             start = time.perf_counter()
             stats = collect_statistics(model, batches, max_tokens, expert_names=list(self.domains),
-                                       progress=self.progress, bf16_autocast=self.router.bf16_autocast)
+                                       progress=self.progress, bf16_autocast=self.router.bf16_autocast,
+                                       mask_padding=self.router.mask_padding)
             wall = time.perf_counter() - start
             report = {"collected": list(self.domains), "loaded": [], "collect_wall_s": wall, "wall_s": wall}
         else:
             stats, report = self.stats_store.statistics(model, batches, max_tokens, list(self.domains), self.progress,
-                                                        self.router.bf16_autocast)
+                                                        self.router.bf16_autocast, self.router.mask_padding)
         return stats, Cost(report["wall_s"], int(stats.token_counts.sum()), 0), report
 
 
