@@ -73,7 +73,8 @@ def test_routing_knobs_are_validated():
 def test_upcycle_layout_and_averaging():
     experts = make_experts(3, shared_backbone=False)
     moe = upcycle(experts, top_k=2, temperature=2.0)
-    assert type(moe) is type(experts[0])
+    assert isinstance(moe, type(experts[0])) and type(moe).stock_class is type(experts[0])
+    assert moe.config.model_type == "dume_llama" and moe.config.dume_moe == {"num_experts": 3, "top_k": 2, "temperature": 2.0}
     assert moe.lm_head.weight is moe.model.embed_tokens.weight  # tied weights stay tied
     for i, layer in enumerate(decoder_layers(moe)):
         block = layer.mlp

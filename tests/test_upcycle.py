@@ -21,7 +21,7 @@ from conftest import make_experts, random_batches, tiny_model
 def test_mismatched_experts_name_the_field(overrides, field):
     a, b = tiny_model(), tiny_model(**overrides)
     with pytest.raises(ValueError, match=f"{field}.*differs") as err:
-        upcycle([a, b])
+        upcycle([a, b], vocab="strict")
     if "vocab_size" in overrides:
         assert "(300 vs 320)" in str(err.value)
 

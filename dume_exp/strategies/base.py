@@ -78,7 +78,8 @@ class BuildContext:
     vocab: str = "align"  # experts whose vocabulary row counts differ: align (merge the shared rows) | strict
 
     def upcycled(self) -> PreTrainedModel:
-        return upcycle(self.experts, top_k=self.router.top_k, temperature=self.router.temperature, seed=self.seed)
+        return upcycle(self.experts, top_k=self.router.top_k, temperature=self.router.temperature, seed=self.seed,
+                       vocab=self.vocab)
 
     @cached_property
     def statistics(self) -> tuple[RouterStatistics, Cost, dict[str, Any]]:

@@ -1,0 +1,68 @@
+"""The model card (README.md) of a saved DUME model, rendered from its configuration.
+
+Standalone (transformers and huggingface_hub only): saved next to every DUME model, so a model
+loaded as remote code writes the same card when it is saved again.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub import ModelCardData
+
+TAGS = ["moe", "merge", "dume"]
+
+
+def _layout_text(value: Any) -> str:
+    if isinstance(value, list):
+        return str(value[0]) if len(set(value)) == 1 else ", ".join(map(str, value)) + " (per layer)"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _settings(layout: dict[str, Any], prov: dict[str, Any]) -> list[str]:
+    lines = [f"- experts per layer: {layout['num_experts']}; top-k: {_layout_text(layout['top_k'])}; "
+             f"router temperature: {_layout_text(layout['temperature'])}"]
+    router = prov.get("router")
+    if router:
+        lines.append(f"- routers: closed-form ridge regression, λ = {router.get('lam')}, "
+                     f"feature normalisation: {router.get('normalize')}")
+    else:
+        lines.append("- routers: not fitted (random initialisation)")
+    cal = prov.get("calibration")
+    if cal:
+        parts = [f"{k} = {v}" for k, v in cal.items()]
+        lines.append("- calibration: " + ", ".join(parts))
+    return lines
+
+
+def render_model_card(config: Any) -> str:
+    """README.md text: YAML header (base_model, tags, library_name, licence) and the DUME settings."""
+    layout = config.dume_moe
+    prov = dict(getattr(config, "dume_provenance", None) or {})
+    experts = list(prov.get("experts") or [])
+    data = ModelCardData(base_model=experts or None, tags=TAGS, library_name="transformers",
+                         license=prov.get("license"), pipeline_tag="text-generation")
+    domains = list(prov.get("domains") or [])
+    lines = ["---", data.to_yaml(), "---", "",
+             f"# DUME mixture of {layout['num_experts']} experts", "",
+             "Built without training by DUME (training-free dynamic upcycling of expert language models): every "
+             "non-MLP weight is the mean of the experts', each layer's MLP is a mixture with one expert per domain, "
+             "and each layer's router is a ridge regression solved in closed form from hidden-state statistics.", ""]
+    if experts:
+        names = domains if len(domains) == len(experts) else [str(i) for i in range(len(experts))]
+        lines += ["## Experts", "", *_table(["expert", "model"], [[n, e] for n, e in zip(names, experts)]), ""]
+    lines += ["## Settings", "", *_settings(layout, prov), ""]
+    retention = prov.get("retention")
+    if retention:
+        cols = list(retention)
+        lines += ["## Retention", "", "Score as a percentage of each domain's own dense expert.", "",
+                  *_table(cols, [[retention[c] for c in cols]]), ""]
+    lines += ["## Loading", "", "```python", "from transformers import AutoModelForCausalLM",
+              "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)", "```", "",
+              "The modeling code is saved with the weights (`modeling_dume.py`); with the `dume_exp` package "
+              "imported, `trust_remote_code` is not needed.", ""]
+    return "\n".join(lines)
