@@ -100,6 +100,8 @@ class Config:
     resume: bool = True  # skip a configuration whose results cell already exists
     write_table: bool = True  # update <results_dir>/<experiment>/table.md
     strategy: dict[str, bool] = field(default_factory=dict)
+    # strategies whose models are saved (native DUME folders, tokenizer, model card) under <run dir>/models/<name>
+    save_models: list[str] = field(default_factory=list)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     router: RouterConf = field(default_factory=RouterConf)

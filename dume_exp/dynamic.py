@@ -15,6 +15,7 @@ import copy
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from .moe import require_moe_blocks
 from .ridge import fit_routers
 from .statistics import RouterStatistics, collect_statistics
-from .upcycle import CONFIG_KEY, check_compatible, decoder_layers, dense_view, load_upcycled
+from .upcycle import (CONFIG_KEY, check_compatible, decoder_layers, dense_view, load_upcycled, shared_vocab_rows,
+                      truncate_vocab)
 
 Batches = Sequence[Mapping[str, torch.Tensor]]
 MODES = ("fast", "exact")
@@ -39,7 +41,7 @@ def _shift_backbone(model: nn.Module, expert: nn.Module, num_before: int, sign: 
         for name, p in model.named_parameters():
             if id(p) in inside:
                 continue
-            new = (p.double() * num_before + sign * source[name].double()) / num_after
+            new = (p.double() * num_before + sign * source[name][: p.shape[0]].double()) / num_after
             p.copy_(new.to(p.dtype))
 
 
@@ -56,10 +58,9 @@ def _resize_routers(model: nn.Module, keep: Sequence[int], extra: int) -> None:
 
 
 def _update_layout(model: PreTrainedModel) -> None:
-    blocks = require_moe_blocks(model)
-    getattr(model.config, CONFIG_KEY)["num_experts"] = blocks[0].num_experts
-    for b in blocks:
+    for b in require_moe_blocks(model):
         b.top_k = min(b.top_k, b.num_experts)
+    setattr(model.config, CONFIG_KEY, model.dume_layout())
 
 
 def _check_mode(mode: str, others: Sequence[Batches] | None) -> None:
@@ -82,10 +83,15 @@ def add_expert(
     lam: float = 1e-2,
     normalize: bool = True,
     max_tokens_per_sequence: int = 1024,
+    vocab: str = "align",
+    tokenizer: Any = None,
     progress: bool = True,
 ) -> RouterStatistics:
     """Add ``expert`` (a dense model of the same architecture) to the DUME ``model`` in place; returns the
-    statistics of the new expert set (``stats`` must describe the model's current experts, in order)."""
+    statistics of the new expert set (``stats`` must describe the model's current experts, in order).
+
+    ``vocab`` and ``tokenizer`` as in :func:`dume_exp.upcycle`: with ``"align"`` the model keeps the vocabulary
+    rows it shares with the new expert."""
     _check_mode(mode, existing_batches)
     blocks = require_moe_blocks(model)
     num = blocks[0].num_experts
@@ -94,7 +100,9 @@ def add_expert(
     if name in stats.expert_names:
         raise ValueError(f"An expert named {name!r} is already in the model ({stats.expert_names}).")
     with dense_view(model) as dense:
-        check_compatible([dense, expert])
+        check_compatible([dense, expert], vocab)
+        rows = shared_vocab_rows([dense, expert], vocab, tokenizer)
+    truncate_vocab(model, rows)
     _shift_backbone(model, expert, num, +1)
     for layer, block in zip(decoder_layers(expert), blocks):
         block.experts.append(copy.deepcopy(layer.mlp).to(block.router.weight))
@@ -196,12 +204,11 @@ def main(argv: list[str] | None = None) -> None:
             tokenizer.pad_token = tokenizer.eos_token
         expert = AutoModelForCausalLM.from_pretrained(args.expert, dtype=next(model.parameters()).dtype)
         batches = _text_batches(tokenizer, args.data, args.max_tokens)
-        stats = add_expert(model, stats, expert, batches, args.name, **common)
+        stats = add_expert(model, stats, expert, batches, args.name, tokenizer=tokenizer, **common)
     else:
         removed = AutoModelForCausalLM.from_pretrained(args.removed_model) if args.removed_model else None
         stats = remove_expert(model, stats, args.expert, removed_model=removed, **common)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
+    model.save_pretrained(args.out, tokenizer=tokenizer)
     stats.save(args.out / STATS_FILE)
     print(f"wrote {args.out}: experts {stats.expert_names}")
 

@@ -213,7 +213,7 @@ def make_lm(model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 8, max_
 
     model.eval()
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-                softmax_dtype=torch.float32)
+                softmax_dtype=torch.float32, backend="causal")  # DUME model types are not in transformers' mapping
 
 
 def _aggregation(task: Mapping[str, Any], metric: str) -> Callable[[list], float]:

@@ -29,12 +29,13 @@ from .router_training import RouterTrainingConfig
 from .stats_store import StatisticsStore, tensor_fingerprint
 from .strategies import STRATEGIES, BuildContext, Candidate, RouterConfig, build
 from .tracking import Tracker, tracker
+from .native import NATIVE_MODEL_TYPES, annotate, annotate_saved, is_native
+from .upcycle import VOCAB_MODES
 
 log = logging.getLogger(__name__)
 SPLIT_FILES = {"train": ["train.jsonl"], "validation": ["validation.jsonl"], "test": ["test.jsonl", "*_test.jsonl"]}
 CALIBRATION_TEXTS = ("prompt_answer", "prompt")  # calibration.text: a row's whole text | its question/prompt only
 PROMPT_FIELDS = ("question", "prompt")  # the fields of a row that make its prompt
-VOCAB_MODES = ("align", "strict")  # experts.vocab
 
 
 @dataclass
@@ -108,6 +109,10 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"experts.subset must name ≥ 2 distinct domains of {list(cfg.experts.domains)}; got {subset}.")
     if cfg.router.statistics not in ("exact", "fast"):
         raise ValueError(f"router.statistics must be 'exact' or 'fast'; got {cfg.router.statistics!r}.")
+    unsaved = sorted(set(cfg.save_models) - set(selected_strategies(cfg)))
+    if unsaved:
+        raise ValueError(f"save_models names {unsaved}, which this run does not build; choose among the selected "
+                         f"strategies {selected_strategies(cfg)}.")
 
 
 def load_expert_set(cfg: DictConfig) -> ExpertSet:
@@ -313,7 +318,21 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
             "eval_cached": cached, "cost": asdict(cand.cost), "info": cand.info, "routing_counts": counts}
 
 
-def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, track: Tracker) -> list[dict[str, Any]]:
+def save_candidate(cand: Candidate, tokenizer: Any, folder: Path, cfg: DictConfig, domains: list[str]) -> None:
+    """Save a candidate's model with its tokenizer: a DUME model as a native folder with its model card."""
+    if is_native(cand.model):
+        annotate(cand.model, domains=domains, calibration=calibration_record(cfg.calibration))
+        cand.model.save_pretrained(folder, tokenizer=tokenizer)
+    else:
+        cand.model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    log.info("saved %s to %s", cand.name, folder)
+
+
+def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, track: Tracker,
+             save_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Build and score every selected strategy for one seed; models of ``cfg.save_models`` strategies (those whose
+    routing does not depend on the domain scored) are saved under ``save_dir/<candidate>``."""
     random.seed(seed)
     torch.manual_seed(seed)
     texts = calibration_sample(expert_set.calibration, cfg.calibration.max_samples, seed)
@@ -336,7 +355,7 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
                                 cfg.calibration.bf16, cfg.calibration.mask_padding),
             training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
             stats_store=StatisticsStore() if cfg.calibration.store_statistics else None, parent=parent,
-            base=expert_set.base, vocab=cfg.experts.vocab,
+            base=expert_set.base, vocab=cfg.experts.vocab, tokenizer=tok,
         )
 
     subset = expert_set.domains != expert_set.all_domains
@@ -348,6 +367,8 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
             log.info("seed %d: scoring %s (built in %.1fs)", seed, cand.name, cand.cost.wall_s)
             row = {"strategy": strategy, **score_candidate(cand, cfg, suite, tok, seed)}
             rows.append(row)
+            if save_dir is not None and strategy in cfg.save_models and cand.domain_routing is None:
+                save_candidate(cand, tok, save_dir / cand.name, cfg, expert_set.domains)
             track.log({f"seed{seed}/{cand.name}/{d}": v for d, v in row["scores"].items()})
             for domain, layer_counts in row["routing_counts"].items():
                 track.log_table(f"routing/seed{seed}/{cand.name}/{domain}",
@@ -359,7 +380,7 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
 
 
 # Config entries that do not change a run's numbers (left out of its cell key).
-PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "write_table")
+PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "write_table", "save_models")
 # Fields added after results cells were committed, with their defaults: left out of the cell key while they hold
 # these values, so every configuration from before them keeps its key (and its committed cell).
 KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align"}
@@ -419,15 +440,28 @@ def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path, track: Trac
         publish_tables(results, Path(cfg.results_dir) / cfg.experiment, Path(cfg.results_dir) / "figures")
 
 
+def record_retention(rows: list[dict[str, Any]], cols: list[str], model_dirs: list[Path]) -> None:
+    """Write each saved DUME model's retention row (mean over seeds, percent) into its config and model card."""
+    for row in rows:
+        for folder in (d / row["name"] for d in model_dirs):
+            if (folder / "config.json").exists() and is_native_folder(folder):
+                annotate_saved(folder, retention={c: round(row["retention"][c][0], 1) for c in cols})
+
+
+def is_native_folder(folder: Path) -> bool:
+    return json.loads((folder / "config.json").read_text()).get("model_type") in NATIVE_MODEL_TYPES
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run the experiment described by ``cfg``; write ``results.json`` in ``run_dir`` and the tables.
 
     With ``resume`` (default) a configuration whose cell already exists is not run again (this is what
-    makes an interrupted multirun resumable: finished cells are skipped, missing ones computed).
+    makes an interrupted multirun resumable: finished cells are skipped, missing ones computed), unless
+    ``save_models`` asks for models (rebuilt; their scores come from the evaluation cache).
     """
     validate(cfg)
     cell = cell_path(cfg)
-    if cfg.resume and cell.exists():
+    if cfg.resume and cell.exists() and not cfg.save_models:
         results = json.loads(cell.read_text())
         log.info("cell %s already finished; skipping (resume=false recomputes it)", cell)
         publish(cfg, results, run_dir)
@@ -440,7 +474,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                  group=cfg.experiment) as track:
         expert_set = load_expert_set(cfg)
         suite = build_suite(cfg, expert_set)
-        per_seed = [{"seed": s, "rows": run_seed(cfg, expert_set, suite, s, track)} for s in seeds]
+        model_dirs = {s: run_dir / "models" / (f"seed{s}" if len(seeds) > 1 else "") for s in seeds}
+        per_seed = [{"seed": s, "rows": run_seed(cfg, expert_set, suite, s, track, model_dirs[s])} for s in seeds]
         first = per_seed[0]["rows"][0]
         metrics = {d: {"label": f"{suite.domains[d].metric} ({suite.domains[d].filter})",
                        "higher_is_better": suite.domains[d].higher_is_better} for d in expert_set.domains}
@@ -456,6 +491,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         publish(cfg, results, run_dir, track)
         rows = table_rows(results)
         cols = expert_set.domains + ["avg"]
+        record_retention(rows, cols, list(model_dirs.values()))
         for kind in ("raw", "retention"):
             track.log_table(f"table/{kind}", ["strategy"] + cols, [[r["name"]] + [r[kind][c][0] for c in cols] for r in rows])
         track.summary({f"retention/{r['name']}/avg": r["retention"]["avg"][0] for r in rows})

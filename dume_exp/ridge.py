@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .moe import require_moe_blocks
+from .native import annotate
 from .statistics import RouterStatistics
 
 
@@ -112,4 +113,8 @@ def fit_routers(
     solver = stats if isinstance(stats, RidgeSolver) else RidgeSolver(stats)
     weights = solver.solve(lam, normalize)
     apply_router_weights(model, weights)
+    lam_record = lam.tolist() if isinstance(lam, torch.Tensor) else lam
+    annotate(model, router={"method": "ridge", "lam": lam_record, "normalize": normalize},
+             domains=list(solver.stats.expert_names),
+             calibration_tokens=[int(n) for n in solver.stats.token_counts.tolist()])
     return weights

@@ -5,6 +5,8 @@ model whose MLPs were replaced by MoE blocks into the DUME class without copying
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -74,5 +76,20 @@ def annotate(model: PreTrainedModel, **sections: Any) -> None:
     model.config.dume_provenance = prov
 
 
-__all__ = ["NATIVE_MODELS", "NATIVE_MODEL_TYPES", "annotate", "is_native", "native_class", "native_config",
-           "to_native"]
+def annotate_saved(folder: str | os.PathLike, **sections: Any) -> None:
+    """:func:`annotate` a saved DUME folder: ``config.json`` and its model card are rewritten (each atomically)."""
+    from .model_card import render_model_card
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    prov = dict(getattr(config, "dume_provenance", None) or {})
+    prov.update({k: v for k, v in sections.items() if v is not None})
+    config.dume_provenance = prov
+    for name, text in (("config.json", config.to_json_string()), ("README.md", render_model_card(config))):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, folder / name)
+
+
+__all__ = ["NATIVE_MODELS", "NATIVE_MODEL_TYPES", "annotate", "annotate_saved", "is_native", "native_class",
+           "native_config", "to_native"]

@@ -32,10 +32,11 @@ def _settings(layout: dict[str, Any], prov: dict[str, Any]) -> list[str]:
                      f"feature normalisation: {router.get('normalize')}")
     else:
         lines.append("- routers: not fitted (random initialisation)")
-    cal = prov.get("calibration")
+    cal = dict(prov.get("calibration") or {})
+    if prov.get("calibration_tokens"):
+        cal["tokens per expert"] = ", ".join(map(str, prov["calibration_tokens"]))
     if cal:
-        parts = [f"{k} = {v}" for k, v in cal.items()]
-        lines.append("- calibration: " + ", ".join(parts))
+        lines.append("- calibration: " + "; ".join(f"{k} = {v}" for k, v in cal.items()))
     return lines
 
 

@@ -76,10 +76,11 @@ class BuildContext:
     base: str | None = None  # the model the experts were fine-tuned from (strategy base_model)
     parent: "BuildContext | None" = None  # fast mode: statistics of this larger expert set, subset-selected
     vocab: str = "align"  # experts whose vocabulary row counts differ: align (merge the shared rows) | strict
+    tokenizer: Any = None  # the tokenizer in use: vocabulary alignment refuses to drop rows that are its tokens
 
     def upcycled(self) -> PreTrainedModel:
         return upcycle(self.experts, top_k=self.router.top_k, temperature=self.router.temperature, seed=self.seed,
-                       vocab=self.vocab)
+                       vocab=self.vocab, tokenizer=self.tokenizer)
 
     @cached_property
     def statistics(self) -> tuple[RouterStatistics, Cost, dict[str, Any]]:

@@ -7,5 +7,5 @@ from .base import BuildContext, Candidate, timed
 @register("weight_average")
 def weight_average(ctx: BuildContext) -> list[Candidate]:
     with timed() as cost:
-        model = average(ctx.experts, vocab=ctx.vocab)
+        model = average(ctx.experts, vocab=ctx.vocab, tokenizer=ctx.tokenizer)
     return [Candidate("weight_average", model, cost)]
