@@ -33,4 +33,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	for b in moe router-step add-expert; do $(BIN)/python -m dume_exp.bench $$b || exit 1; done
+	for b in moe router-step add-expert load; do $(BIN)/python -m dume_exp.bench $$b || exit 1; done

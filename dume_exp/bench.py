@@ -1,4 +1,4 @@
-"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe|router-step|add-expert [--help]``."""
+"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe|router-step|add-expert|load [--help]``."""
 from __future__ import annotations
 
 import argparse
@@ -154,8 +154,42 @@ def bench_add_expert(args: argparse.Namespace) -> None:
           f"(one statistics pass of {len(experts)}: ideal {1 / len(experts):.3f}x)")
 
 
+_LOAD_PROBE = """
+import re, sys, torch
+from dume_exp import load_upcycled
+def peak():  # this process's resident high-water mark in bytes (ru_maxrss would include the parent's, kept over exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+before = peak()
+model = load_upcycled(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
+with torch.no_grad():  # touch every weight: memory-mapped tensors count once they are resident
+    sum(float(p.sum()) for p in model.parameters())
+print(peak() - before)
+"""
+
+
+def bench_load(args: argparse.Namespace) -> None:
+    """Peak memory of loading a saved DUME folder (in a fresh process, every weight touched) relative to the size
+    of its weights."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    _, moe, _ = _models(args)
+    with tempfile.TemporaryDirectory() as folder:
+        moe.save_pretrained(folder)
+        del moe
+        weights = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+        out = subprocess.run([sys.executable, "-c", _LOAD_PROBE, folder, args.dtype], check=True,
+                             capture_output=True, text=True).stdout
+    peak = int(out.strip().splitlines()[-1])
+    print(_header(args).rsplit(",", 2)[0])
+    print(f"weights on disk {weights / 2**20:.0f} MiB; load_upcycled peak RSS increase {peak / 2**20:.0f} MiB; "
+          f"ratio {peak / weights:.2f}x (goal ≤ 1.2x)")
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "moe": bench_moe, "router-step": bench_router_step, "add-expert": bench_add_expert}
+    "moe": bench_moe, "router-step": bench_router_step, "add-expert": bench_add_expert, "load": bench_load}
 
 
 def main(argv: list[str] | None = None) -> None:
