@@ -100,3 +100,47 @@ def test_bad_configuration_fails_fast_with_the_fix(micro_setup):
     assert proc.returncode != 0 and "Available options in 'strategy'" in proc.stderr
     proc = _run(micro_setup, "logger=none", "router.lam=-1")
     assert proc.returncode != 0 and "router.lam must be a finite number ≥ 0 or 'auto'" in proc.stderr
+
+
+def test_paper_shaped_experts_merge_and_save_a_loadable_model(tmp_path, tiny_tokenizer):
+    """Experts shaped like the paper's (Llama 3 RoPE scaling, grouped-query attention, a head_dim that is not
+    hidden/heads, tied embeddings, one expert with 64 extra vocabulary rows) run through the app with the reference
+    protocol switches; the saved DUME folder loads with the stock Auto class and its card carries the table's row."""
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM
+
+    import dume_exp  # noqa: F401  (registers the DUME classes: no remote code needed)
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    experts = make_experts(2, shared_backbone=False, vocab_size=len(tiny_tokenizer), head_dim=12,
+                           rope_parameters=rope)
+    experts[1].resize_token_embeddings(len(tiny_tokenizer) + 64, mean_resizing=False)
+    texts = {"prose": ["The quick brown fox jumps over the lazy dog number %d." % i for i in range(12)],
+             "code": ["def f%d(x):\n    return x + %d\n" % (i, i) for i in range(12)]}
+    for domain, model in zip(texts, experts):
+        model.save_pretrained(tmp_path / "experts" / domain)
+        tiny_tokenizer.save_pretrained(tmp_path / "experts" / domain)
+        (tmp_path / "data" / domain).mkdir(parents=True)
+        for split, rows in (("train", texts[domain][:8]), ("test", texts[domain][8:])):
+            (tmp_path / "data" / domain / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    experts[0].save_pretrained(tmp_path / "base")
+    proc = _run(tmp_path, "logger=none", "strategy=dume", "router.top_k=2", "router.temperature=0.1",
+                "calibration.mask_padding=false", "save_models=[dume]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"({tmp_path}/experts/code) has 364 vocabulary rows; merging on the 300 rows" in proc.stderr
+    folder = tmp_path / "run" / "models" / "dume"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert type(model).__name__ == "DumeLlamaForCausalLM" and model.config.vocab_size == 300
+    assert model.config.rope_parameters["rope_type"] == "llama3" and model.config.head_dim == 12
+    assert model.config.dume_moe == {"num_experts": 2, "top_k": 2, "temperature": 0.1}
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    table = {r["strategy"]: r for r in csv.DictReader((tmp_path / "results" / "clm" / "table.csv").open())
+             if r["kind"] == "retention"}
+    card = ModelCard.load(folder / "README.md")
+    retention = model.config.dume_provenance["retention"]
+    for d in ("prose", "code", "avg"):
+        assert retention[d] == pytest.approx(float(table["dume"][d]), abs=0.05)
+    assert "mask_padding = False" in card.text and card.data.base_model == [
+        str(tmp_path / "experts" / d) for d in ("prose", "code")]
+    assert results["calibration"]["mask_padding"] is False
