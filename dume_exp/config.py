@@ -53,6 +53,7 @@ class RouterConf:
     lam: Any = 1.0e-2  # a float ≥ 0
     normalize: bool = True
     max_tokens_per_sequence: int = 1024
+    bias: bool = True  # false: ridge routers without the constant feature (bias zero)
     statistics: str = "exact"  # with experts.subset: exact (recollect under the subset's backbone) | fast (reuse)
 
 

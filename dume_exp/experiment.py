@@ -352,7 +352,7 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
             experts=experts, domains=domains, calibration_batches=lambda: calibration(domains),
             training_batches=lambda: training(domains),
             router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize, r.max_tokens_per_sequence,
-                                cfg.calibration.bf16, cfg.calibration.mask_padding),
+                                cfg.calibration.bf16, cfg.calibration.mask_padding, r.bias),
             training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
             stats_store=StatisticsStore() if cfg.calibration.store_statistics else None, parent=parent,
             base=expert_set.base, vocab=cfg.experts.vocab, tokenizer=tok,
@@ -383,7 +383,8 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
 PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "write_table", "save_models")
 # Fields added after results cells were committed, with their defaults: left out of the cell key while they hold
 # these values, so every configuration from before them keeps its key (and its committed cell).
-KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align"}
+KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align",
+                        "router.bias": True}
 
 
 def code_versions() -> dict[str, int]:

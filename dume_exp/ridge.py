@@ -1,6 +1,7 @@
 """Closed-form ridge routers: W̃_l = (A_l + λI)⁻¹ b_l with A_l = Σ_d G_{l,d} and b_l[:, d] = s_{l,d}.
 
-One eigendecomposition of every A_l serves every λ (a sweep costs one matrix product per λ).
+One eigendecomposition of every A_l serves every λ (a sweep costs one matrix product per λ). Without a bias
+(``bias=False``) the constant feature is dropped: the same statistics without their last row and column.
 """
 from __future__ import annotations
 
@@ -23,14 +24,16 @@ class RouterWeights:
 
 
 class RidgeSolver:
-    """Factorises every layer's A once; :meth:`solve` then gives the routers for any λ."""
+    """Factorises every layer's A once; :meth:`solve` then gives the routers for any λ (``bias=False``: routers
+    without the constant feature, their bias zero)."""
 
-    def __init__(self, stats: RouterStatistics) -> None:
-        self.stats = stats
-        A = stats.gram.sum(dim=1)  # [L, H+1, H+1]
+    def __init__(self, stats: RouterStatistics, bias: bool = True) -> None:
+        self.stats, self.bias = stats, bias
+        keep = slice(None) if bias else slice(0, stats.hidden_size)
+        A = stats.gram[:, :, keep, keep].sum(dim=1)  # [L, F, F], F = H+1 (or H without the bias)
         A = 0.5 * (A + A.transpose(-1, -2))
         self.eigenvalues, self.eigenvectors = torch.linalg.eigh(A)
-        self.projected_targets = self.eigenvectors.transpose(-1, -2) @ stats.sums.transpose(1, 2)  # Qᵀb, [L, H+1, D]
+        self.projected_targets = self.eigenvectors.transpose(-1, -2) @ stats.sums[:, :, keep].transpose(1, 2)  # Qᵀb
 
     def _per_layer(self, lam: float | torch.Tensor) -> torch.Tensor:
         """λ as a ``[L, 1]`` float64 column (one value for all layers, or one per layer)."""
@@ -40,7 +43,7 @@ class RidgeSolver:
         return lam_t.expand(self.eigenvalues.shape[0]).reshape(-1, 1)
 
     def coefficients(self, lam: float | torch.Tensor) -> torch.Tensor:
-        """W̃ = (A + λI)⁻¹ b for every layer, ``[L, H+1, D]`` float64 (bias row last)."""
+        """W̃ = (A + λI)⁻¹ b for every layer, ``[L, H+1, D]`` float64 (bias row last; ``[L, H, D]`` without)."""
         shifted = self.eigenvalues + self._per_layer(lam)
         tol = self.eigenvalues.abs().amax(dim=-1, keepdim=True) * shifted.shape[-1] * torch.finfo(shifted.dtype).eps
         bad = (shifted <= tol).any(dim=-1)
@@ -76,7 +79,10 @@ class RidgeSolver:
         """Router weights for penalty ``lam``; ``normalize`` divides each expert's weight column and bias
         by the L2 norm of that weight column (the paper's convention)."""
         coef = self.coefficients(lam)
-        weight, bias = coef[:, :-1, :], coef[:, -1, :]  # [L, H, D], [L, D]
+        if self.bias:
+            weight, bias = coef[:, :-1, :], coef[:, -1, :]  # [L, H, D], [L, D]
+        else:
+            weight, bias = coef, coef.new_zeros(coef.shape[0], coef.shape[2])
         if normalize:
             norm = weight.norm(dim=1).clamp_min(torch.finfo(weight.dtype).tiny)  # [L, D]
             weight, bias = weight / norm[:, None, :], bias / norm
@@ -105,16 +111,24 @@ def fit_routers(
     stats: RouterStatistics | RidgeSolver,
     lam: float = 1e-2,
     normalize: bool = True,
+    bias: bool | None = None,
 ) -> RouterWeights:
-    """Fit every router of ``model`` in closed form and return the weights.
+    """Fit every router of ``model`` in closed form and return the weights (``bias=False``: without the constant
+    feature; default: with it, or as the solver was built).
 
     Pass a :class:`RidgeSolver` instead of statistics to reuse its factorisation across λ values.
     """
-    solver = stats if isinstance(stats, RidgeSolver) else RidgeSolver(stats)
+    if isinstance(stats, RidgeSolver):
+        solver = stats
+        if bias is not None and bias != solver.bias:
+            raise ValueError(f"fit_routers(bias={bias}) with a RidgeSolver built with bias={solver.bias}; build the "
+                             f"solver as RidgeSolver(stats, bias={bias}).")
+    else:
+        solver = RidgeSolver(stats, bias=True if bias is None else bias)
     weights = solver.solve(lam, normalize)
     apply_router_weights(model, weights)
     lam_record = lam.tolist() if isinstance(lam, torch.Tensor) else lam
-    annotate(model, router={"method": "ridge", "lam": lam_record, "normalize": normalize},
+    annotate(model, router={"method": "ridge", "lam": lam_record, "normalize": normalize, "bias": solver.bias},
              domains=list(solver.stats.expert_names),
              calibration_tokens=[int(n) for n in solver.stats.token_counts.tolist()])
     return weights

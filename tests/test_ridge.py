@@ -54,26 +54,33 @@ def test_gcv_and_per_layer_lambda_match_explicit_hat_matrix():
         assert torch.allclose(both[layer], solver.coefficients(chosen[layer].item())[layer], rtol=1e-12)
 
 
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_fit_routers_equals_numpy_ridge(normalize):
+def test_fit_routers_equals_numpy_ridge(normalize, bias):
     moe = upcycle(make_experts(3, shared_backbone=False))
     batches = [random_batches(2, 3, 12, seed=10 + d) for d in range(3)]
     stats = collect_statistics(moe, batches, progress=False)
     lam = 0.37
-    weights = fit_routers(moe, stats, lam=lam, normalize=normalize)
+    weights = fit_routers(moe, stats, lam=lam, normalize=normalize, bias=bias)
     for layer, block in enumerate(moe_blocks(moe)):
         xs = [_captured_inputs(moe, batches[d], d)[layer] for d in range(3)]
-        X = np.concatenate([np.hstack([x, np.ones((len(x), 1))]) for x in xs])
+        X = np.concatenate([np.hstack([x, np.ones((len(x), 1))]) if bias else x for x in xs])
         Y = np.concatenate([np.eye(3)[[d] * len(x)] for d, x in enumerate(xs)])
-        W = np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ Y)  # [H+1, D]
-        w, b = W[:-1], W[-1]
+        W = np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ Y)  # [H+1, D] ([H, D] without a bias)
+        w, b = (W[:-1], W[-1]) if bias else (W, np.zeros(3))
         if normalize:
             n = np.linalg.norm(w, axis=0)
             w, b = w / n, b / n
         assert _rel(weights.weight[layer].numpy(), w.T) <= 1e-6
-        assert _rel(weights.bias[layer].numpy(), b) <= 1e-6
+        if bias:
+            assert _rel(weights.bias[layer].numpy(), b) <= 1e-6
+        else:
+            assert not weights.bias[layer].any() and not block.router.bias.detach().any()
         assert _rel(block.router.weight.detach().numpy(), w.T) <= 1e-6
     assert stats.token_counts.tolist() == [72, 72, 72]
+    assert moe.config.dume_provenance["router"]["bias"] is bias
+    with pytest.raises(ValueError, match=f"RidgeSolver built with bias={bias}"):
+        fit_routers(moe, RidgeSolver(stats, bias=bias), bias=not bias)
 
 
 def _padded(seqs, batch_size, side):

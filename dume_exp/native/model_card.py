@@ -29,7 +29,7 @@ def _settings(layout: dict[str, Any], prov: dict[str, Any]) -> list[str]:
     router = prov.get("router")
     if router:
         lines.append(f"- routers: closed-form ridge regression, λ = {router.get('lam')}, "
-                     f"feature normalisation: {router.get('normalize')}")
+                     f"feature normalisation: {router.get('normalize')}, bias: {router.get('bias', True)}")
     else:
         lines.append("- routers: not fitted (random initialisation)")
     cal = dict(prov.get("calibration") or {})

@@ -28,6 +28,7 @@ class RouterConfig:
     max_tokens_per_sequence: int = 1024
     bf16_autocast: bool = False  # statistics forward passes under bf16 autocast
     mask_padding: bool = True  # False: padding positions enter the statistics (the reference implementation)
+    bias: bool = True  # False: ridge routers without the constant feature (exportable to stock MoE classes)
 
 
 @dataclass

@@ -8,7 +8,7 @@ def dume_model(ctx: BuildContext) -> Candidate:
     stats, collect_cost, report = ctx.statistics
     with timed() as cost:
         model = ctx.upcycled()
-        solver = RidgeSolver(stats)
+        solver = RidgeSolver(stats, bias=ctx.router.bias)
         lam = solver.select_lambda() if ctx.router.lam == "auto" else ctx.router.lam  # auto: per-layer GCV
         fit_routers(model, solver, lam=lam, normalize=ctx.router.normalize)
     lam_info = lam.tolist() if ctx.router.lam == "auto" else lam
