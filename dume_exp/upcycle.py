@@ -80,11 +80,15 @@ def _expert_name(model: PreTrainedModel, index: int) -> str:
     return f"expert {index} ({path})" if path else f"expert {index}"
 
 
+def _check_vocab_mode(vocab: str) -> None:
+    if vocab not in VOCAB_MODES:
+        raise ValueError(f"vocab must be one of {VOCAB_MODES}; got {vocab!r}.")
+
+
 def shared_vocab_rows(experts: Sequence[PreTrainedModel], vocab: str = "align", tokenizer: Any = None) -> int:
     """The vocabulary rows the merge keeps: every expert's with ``"strict"``, the smallest count with ``"align"``
     (warning for each expert that loses rows; refusing when a dropped row is a token of ``tokenizer``)."""
-    if vocab not in VOCAB_MODES:
-        raise ValueError(f"vocab must be one of {VOCAB_MODES}; got {vocab!r}.")
+    _check_vocab_mode(vocab)
     rows = [vocab_rows(e) for e in experts]
     kept = min(rows)
     if vocab == "strict" or len(set(rows)) == 1:
@@ -115,8 +119,7 @@ def check_compatible(experts: Sequence[PreTrainedModel], vocab: str = "strict") 
     ``vocab="align"`` the number of vocabulary rows may differ)."""
     if len(experts) < 1:
         raise ValueError("upcycle needs at least one expert model; got an empty list.")
-    if vocab not in VOCAB_MODES:
-        raise ValueError(f"vocab must be one of {VOCAB_MODES}; got {vocab!r}.")
+    _check_vocab_mode(vocab)
     ref = experts[0]
     decoder_layers(ref)
     if moe_blocks(ref):

@@ -17,16 +17,23 @@ REPO = Path(__file__).resolve().parents[1]
 def micro_setup(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("e2e")
     experts = make_experts(2, shared_backbone=True, vocab_size=len(tiny_tokenizer))  # oracle == expert
-    tiny_model(vocab_size=len(tiny_tokenizer)).save_pretrained(root / "base")
-    texts = {"prose": ["The quick brown fox jumps over the lazy dog number %d." % i for i in range(12)],
-             "code": ["def f%d(x):\n    return x + %d\n" % (i, i) for i in range(12)]}
-    for domain, model in zip(texts, experts):
-        model.save_pretrained(root / "experts" / domain)
-        tiny_tokenizer.save_pretrained(root / "experts" / domain)
-        (root / "data" / domain).mkdir(parents=True)
-        for split, rows in (("train", texts[domain][:8]), ("test", texts[domain][8:])):
-            (root / "data" / domain / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    _write_setup(root, experts, tiny_model(vocab_size=len(tiny_tokenizer)), tiny_tokenizer)
     return root
+
+
+TEXTS = {"prose": ["The quick brown fox jumps over the lazy dog number %d." % i for i in range(12)],
+         "code": ["def f%d(x):\n    return x + %d\n" % (i, i) for i in range(12)]}
+
+
+def _write_setup(root: Path, experts, base, tokenizer) -> None:
+    """Expert folders (with the tokenizer), the base model and train/test JSONL of each domain of TEXTS under root."""
+    for domain, model in zip(TEXTS, experts):
+        model.save_pretrained(root / "experts" / domain)
+        tokenizer.save_pretrained(root / "experts" / domain)
+        (root / "data" / domain).mkdir(parents=True)
+        for split, rows in (("train", TEXTS[domain][:8]), ("test", TEXTS[domain][8:])):
+            (root / "data" / domain / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    base.save_pretrained(root / "base")
 
 
 def _run(root: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -116,15 +123,7 @@ def test_paper_shaped_experts_merge_and_save_a_loadable_model(tmp_path, tiny_tok
     experts = make_experts(2, shared_backbone=False, vocab_size=len(tiny_tokenizer), head_dim=12,
                            rope_parameters=rope)
     experts[1].resize_token_embeddings(len(tiny_tokenizer) + 64, mean_resizing=False)
-    texts = {"prose": ["The quick brown fox jumps over the lazy dog number %d." % i for i in range(12)],
-             "code": ["def f%d(x):\n    return x + %d\n" % (i, i) for i in range(12)]}
-    for domain, model in zip(texts, experts):
-        model.save_pretrained(tmp_path / "experts" / domain)
-        tiny_tokenizer.save_pretrained(tmp_path / "experts" / domain)
-        (tmp_path / "data" / domain).mkdir(parents=True)
-        for split, rows in (("train", texts[domain][:8]), ("test", texts[domain][8:])):
-            (tmp_path / "data" / domain / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
-    experts[0].save_pretrained(tmp_path / "base")
+    _write_setup(tmp_path, experts, experts[0], tiny_tokenizer)
     proc = _run(tmp_path, "logger=none", "strategy=dume", "router.top_k=2", "router.temperature=0.1",
                 "calibration.mask_padding=false", "save_models=[dume]")
     assert proc.returncode == 0, proc.stderr[-3000:]
