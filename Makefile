@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install run test bench jemalloc
+.PHONY: install run test bench jemalloc sandbox
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-run: install jemalloc
+run: install jemalloc sandbox
 	$(BIN)/python -m dume_exp +experiment=reasoning resume=false  # recompute even when a finished cell is committed
 
 # Optional and best effort (Debian/Ubuntu as root): the app preloads jemalloc when present (dume_exp/allocator.py);
@@ -29,7 +29,15 @@ jemalloc:
 	  { apt-get install -y -q libjemalloc2 || { apt-get update -q && apt-get install -y -q libjemalloc2; }; } >/dev/null 2>&1; } || \
 	echo "note: libjemalloc2 is not installed; long runs are slower with glibc's allocator (README, 'Measured')"
 
-test: install
+# bubblewrap isolates model-written code (HumanEval); without it the app refuses to execute such code unless
+# eval.unsafe_code=true, and the sandbox tests that need it are skipped with the reason.
+sandbox:
+	@command -v bwrap >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; } >/dev/null 2>&1; } || \
+	echo "note: bubblewrap is not installed; generated code cannot be isolated (README, 'Code sandbox')"
+
+test: install sandbox
 	$(BIN)/python -m pytest -q
 
 bench: install

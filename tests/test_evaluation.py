@@ -1,13 +1,11 @@
 """lm-eval evaluation: perplexity vs an independent forward pass, ARC acc_norm, GSM8K/HumanEval/IFEval
-scoring on canned responses, protocols, paper configs, and the code sandbox."""
+scoring on canned responses, protocols and paper configs (the code sandbox: tests/test_sandbox*.py)."""
 from __future__ import annotations
 
 import copy
 import json
 import math
 import re
-import socket
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,7 @@ import torch
 
 from dume_exp.evaluation import (REASONING_HEADLINES, _domain_score, clm_suite, evaluate, paper_reasoning_suite,
                                  reasoning_suite, run_suite)
-from dume_exp.tasks import (OKAPI_ARC_LANGUAGES, HumanEvalScorer, SandboxLimits, network_namespace_prefix,
-                            run_python)
+from dume_exp.tasks import OKAPI_ARC_LANGUAGES, HumanEvalScorer
 from dume_exp.tasks.protocol import REFERENCE_GENERATION
 
 from conftest import tiny_model
@@ -317,111 +314,6 @@ def test_missing_data_is_a_clear_error(tmp_path):
         reasoning_suite(tmp_path, domains=["math"])
     with pytest.raises(FileNotFoundError, match="arc_<lang>_test.jsonl"):
         reasoning_suite(tmp_path, domains=["multilingual"])
-
-
-# ----------------------------------------------------------------------------------------------- sandbox
-
-FAST = SandboxLimits(timeout_s=1.0, memory_mb=256)
-
-
-def test_sandbox_passes_and_fails():
-    ok = run_python("def f(x):\n    return x + 1\nassert f(1) == 2\nprint('done')", FAST)
-    assert ok.passed and ok.returncode == 0 and ok.stdout.strip() == "done"
-    hashes = {run_python("import sys\nprint(hash('abc'), sys.path[0])", FAST).stdout for _ in range(2)}
-    assert len(hashes) == 1 and "dume_exp" not in hashes.pop()  # fixed hash seed; no package dir on the path
-    wrong = run_python("assert 1 + 1 == 3", FAST)
-    assert wrong.status == "failed" and "AssertionError" in wrong.stderr
-
-
-def test_sandbox_times_out_an_infinite_loop():
-    res = run_python("while True:\n    pass", FAST)
-    assert res.status == "timeout" and res.wall_s < 3.0
-
-
-def test_sandbox_refuses_huge_memory():
-    res = run_python("x = bytearray(4 * 1024 ** 3)\nprint('allocated')", FAST)
-    assert res.status == "failed" and "MemoryError" in res.stderr and "allocated" not in res.stdout
-
-
-def test_sandbox_blocks_processes_and_truncates_output():
-    assert "os.fork is disabled" in run_python("import os\nos.fork()", FAST).stderr
-    assert "process creation is disabled" in run_python("import subprocess\nsubprocess.run(['true'])", FAST).stderr
-    loud = run_python("print('x' * 100000)", FAST)
-    assert loud.passed and len(loud.stdout) < FAST.max_output_chars + 100 and loud.stdout.endswith("[truncated]")
-
-
-def test_sandbox_writes_only_inside_its_folder(tmp_path):
-    outside = tmp_path / "outside.txt"
-    program = (
-        "import os\n"
-        "open('inside.txt', 'w').write('x')\n"
-        "assert open('inside.txt').read() == 'x'\n"
-        "print(os.getcwd())\n"
-        f"for attempt in (lambda: open({str(outside)!r}, 'w'),\n"
-        f"                lambda: os.open({str(outside)!r}, os.O_CREAT | os.O_WRONLY),\n"
-        f"                lambda: os.remove({str(tmp_path)!r})):\n"
-        "    try:\n"
-        "        attempt()\n"
-        "    except PermissionError:\n"
-        "        print('blocked')\n"
-    )
-    res = run_python(program, FAST)
-    assert res.passed, res.stderr
-    workdir, *blocked = res.stdout.split()
-    assert blocked == ["blocked"] * 3
-    assert not outside.exists() and tmp_path.exists()
-    assert not Path(workdir).exists() and Path(workdir).name.startswith("dume_sandbox_")  # removed afterwards
-
-
-def _connections_while(program: str, limits: SandboxLimits) -> tuple[int, str]:
-    """Run ``program`` (``PORT`` substituted) while a local server counts incoming connections."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    port = server.getsockname()[1]
-    accepted, stop = [], threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        res = run_python(program.replace("PORT", str(port)), limits)
-    finally:
-        stop.set()
-        thread.join()
-        for conn in accepted:
-            conn.close()
-        server.close()
-    return len(accepted), res.stdout + res.stderr
-
-
-def test_sandbox_blocks_sockets():
-    n, output = _connections_while(
-        "import socket\ns = socket.create_connection(('127.0.0.1', PORT), timeout=1)\nprint('connected')", FAST)
-    assert n == 0 and "network" in output and "connected" not in output
-    n, output = _connections_while("import _socket\n_socket.socket()", FAST)
-    assert "network access is disabled" in output
-
-
-@pytest.mark.skipif(not network_namespace_prefix(), reason="no network namespace on this machine")
-def test_network_namespace_stops_code_that_bypasses_the_python_guard():
-    # ctypes calls libc directly, past the Python-level guard; only the empty namespace stops it.
-    program = ("import ctypes, struct\nlibc = ctypes.CDLL(None)\nfd = libc.socket(2, 1, 0)\n"
-               "addr = struct.pack('!HH4s8x', 2, PORT, bytes([127, 0, 0, 1]))\n"
-               "addr = struct.pack('=H', 2) + addr[2:]\n"
-               "print('rc', libc.connect(fd, addr, len(addr)))\n")
-    isolated = run_python("print(open('/proc/self/net/dev').read())", FAST)
-    assert isolated.network_namespace and [ln.split(":")[0].strip() for ln in isolated.stdout.splitlines()[2:]
-                                           if ln.strip()] == ["lo"]
-    n, output = _connections_while(program, FAST)
-    assert n == 0 and "rc -1" in output
-    n, output = _connections_while(program, SandboxLimits(timeout_s=2.0, isolate_network=False))
-    assert n == 1 and "rc 0" in output  # the same code does connect without the namespace
 
 
 def test_evaluation_keys_follow_file_contents_not_paths(tmp_path):

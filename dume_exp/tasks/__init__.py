@@ -5,11 +5,12 @@ from .humaneval import PASS_AT_1, HumanEvalScorer, humaneval_task, paper_humanev
 from .ifeval import ensure_punkt_tab, ifeval_task, paper_ifeval_task
 from .perplexity import HEADLINE_PERPLEXITY, PERPLEXITY_METRICS, perplexity_task
 from .protocol import PROTOCOLS, apply_protocol
-from .sandbox import SandboxLimits, SandboxResult, network_namespace_prefix, run_python
+from .sandbox import SandboxLimits, SandboxResult, SandboxUnavailable, isolation_problem, require_isolation, run_python
 
 __all__ = [
     "HEADLINE_PERPLEXITY", "OKAPI_ARC_LANGUAGES", "PASS_AT_1", "PERPLEXITY_METRICS", "PROTOCOLS",
     "HumanEvalScorer", "SandboxLimits", "SandboxResult", "apply_protocol", "arc_task", "ensure_punkt_tab",
-    "gsm8k_task", "humaneval_task", "ifeval_task", "network_namespace_prefix", "paper_arc_task",
-    "paper_gsm8k_task", "paper_humaneval_task", "paper_ifeval_task", "perplexity_task", "run_python",
+    "SandboxUnavailable", "gsm8k_task", "humaneval_task", "ifeval_task", "isolation_problem", "paper_arc_task",
+    "paper_gsm8k_task", "paper_humaneval_task", "paper_ifeval_task", "perplexity_task", "require_isolation",
+    "run_python",
 ]

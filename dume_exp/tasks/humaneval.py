@@ -3,7 +3,8 @@
 Prompt, stop strings and generation settings come from lm-eval's shipped ``humaneval.yaml`` (or
 ``humaneval_instruct.yaml`` for chat models). Its scorer loads ``code_eval`` from the hub, which
 fails offline, so scoring is ours: the program ``prompt + completion + test + check(entry_point)``
-runs in a sandboxed child process and passes iff it exits with status 0.
+runs in the sandbox and passes only if it runs to its end, i.e. ``check`` returned: exiting early (with
+any status), ``unittest.main()``, a kill or a timeout are failures, as in the reference harness.
 """
 from __future__ import annotations
 

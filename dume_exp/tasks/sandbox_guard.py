@@ -1,20 +1,25 @@
-"""Child-side guard for the code sandbox; run as ``python -s -S -B sandbox_guard.py ROOT PROGRAM``.
+"""Child-side guard for the code sandbox; run as ``python -s -S -B sandbox_guard.py ROOT RESULT_FD``.
 
-It is executed by the sandboxed interpreter (never imported by the parent). Before running the
-untrusted PROGRAM it disables, in Python, the things a generated solution has no business doing:
-creating sockets or resolving names, spawning or signalling processes, and writing, deleting or
-re-permissioning files outside ROOT (the sandbox's temporary working folder). These guards are a
-best-effort layer on top of the operating-system limits set by the parent (rlimits, a private
-network namespace when available); a determined program could undo them, the limits it cannot.
+It is executed by the sandboxed interpreter (never imported by the parent). It reads a token line and then
+the program from stdin, writes the program to ``ROOT/program.py`` (so tracebacks show its lines), lowers
+the process limit to zero, and disables, in Python, what a generated solution has no business doing:
+sockets and name lookups, spawning or signalling processes, writing outside ROOT. The Python refusals are
+defence in depth under the operating-system isolation of the parent (a determined program can undo them;
+the namespaces and limits it cannot). The program runs as module ``__sandbox__`` (so ``__main__`` blocks do
+not run, as in the reference HumanEval harness); only if it completes without raising is the token written
+to RESULT_FD, which is how the parent tells a pass from ``sys.exit(0)``, ``os._exit(0)`` or a kill.
 """
 import builtins
 import io
 import os
 import resource
 import sys
+import traceback
+import types
 
 ROOT = os.path.realpath(sys.argv[1])
-PROGRAM = sys.argv[2]
+RESULT_FD = int(sys.argv[2])
+PROGRAM = os.path.join(ROOT, "program.py")
 
 
 def _inside_root(path) -> bool:
@@ -59,8 +64,6 @@ def _guard_processes() -> None:
         if hasattr(os, name):
             setattr(os, name, _refuse(f"os.{name}"))
     _posixsubprocess.fork_exec = _refuse("process creation")
-    # No new processes or threads for this (unprivileged) user from here on; ignored for root.
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -107,17 +110,48 @@ def _guard_files() -> None:
             path_guard(name, n_paths)
 
 
+def _read_input() -> tuple[bytes, str]:
+    """The token and the program from stdin, which is then replaced by /dev/null."""
+    token, _, source = sys.stdin.buffer.read().partition(b"\n")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return token, source.decode("utf-8")
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:  # the program may have replaced or closed them
+            pass
+
+
 def main() -> None:
     if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
         del sys.path[0]  # the program must not import this package's modules
-    with open(PROGRAM, encoding="utf-8") as f:
-        source = f.read()
-    code = compile(source, PROGRAM, "exec")
+    token, source = _read_input()
+    with open(PROGRAM, "w", encoding="utf-8") as f:
+        f.write(source)
+    module = types.ModuleType("__sandbox__")
+    module.__file__, module.__builtins__ = PROGRAM, builtins
+    sys.modules["__sandbox__"] = module
+    # No new processes or threads for this user from here on (the kernel ignores it for root, which the
+    # isolated sandbox never is).
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     _guard_network()
     _guard_files()
     _guard_processes()
     sys.argv = [PROGRAM]
-    exec(code, {"__name__": "__main__", "__file__": PROGRAM, "__builtins__": builtins})
+    try:
+        exec(compile(source, PROGRAM, "exec"), module.__dict__)
+    except BaseException:  # SystemExit and KeyboardInterrupt included: only completing counts as a pass
+        traceback.print_exc()
+        _flush()
+        os._exit(1)
+    _flush()
+    os.write(RESULT_FD, token)
+    os._exit(0)
 
 
 if __name__ == "__main__":
