@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .allocator import active_allocator
-from .cache import cache_root, file_sha256, recipe_key, write_json_atomic
+from .cache import cache_root, file_sha256, read_cached_json, recipe_key, write_checked_json
 from .evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
 from .moe import moe_blocks, reset_routing_counts, routing_counts
 from .report import publish_tables, table_rows, write_report
@@ -295,8 +295,8 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
     for domain in suite.domains:
         key = evaluation_key(fingerprint, model, cand, domain, suite, cfg, seed)
         key_file = cache_root() / "evaluations" / f"{key}.json"
-        if ev.cache and key_file.exists():
-            entry = json.loads(key_file.read_text())
+        entry = read_cached_json(key_file) if ev.cache else None
+        if entry is not None:
             cached.append(domain)
         else:
             if has_moe:
@@ -309,7 +309,7 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
             entry = {"score": s.score, "stderr": s.stderr, "n": s.n, "wall_s": res.wall_s,
                      "routing_counts": routing_counts(model).tolist() if has_moe else None}
             if ev.cache:
-                write_json_atomic(key_file, entry)
+                write_checked_json(key_file, entry)
         scores[domain], stderr[domain], n[domain] = entry["score"], entry["stderr"], entry["n"]
         wall += entry["wall_s"]
         if entry["routing_counts"] is not None:
@@ -431,8 +431,8 @@ def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path, track: Trac
     ``results/<experiment>/table.*``, ``results/figures/<experiment>_routing_dume.png`` and the zoo matrix."""
     from .figures import routing_figure
 
-    write_json_atomic(run_dir / "results.json", results)
-    write_json_atomic(cell_path(cfg), results)
+    write_checked_json(run_dir / "results.json", results)
+    write_checked_json(cell_path(cfg), results)
     write_report(results, run_dir)
     figure = routing_figure(results, run_dir / "routing_dume.png")
     if figure is not None and track is not None:
@@ -462,8 +462,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """
     validate(cfg)
     cell = cell_path(cfg)
-    if cfg.resume and cell.exists() and not cfg.save_models:
-        results = json.loads(cell.read_text())
+    results = read_cached_json(cell) if cfg.resume and not cfg.save_models else None
+    if results is not None:
         log.info("cell %s already finished; skipping (resume=false recomputes it)", cell)
         publish(cfg, results, run_dir)
         return results

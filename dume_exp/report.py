@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_file, write_json_atomic
+from .cache import atomic_file, read_checked_json, write_checked_json
 
 REFERENCE_PREFIX = "expert:"
 NOT_RANKED = {"oracle", "base"}  # the oracle is an upper bound; the base model is a reference
@@ -156,7 +155,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
         path = path / "results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: pass a run folder written by `python -m dume_exp` or its results.json.")
-    return json.loads(path.read_text())
+    return read_checked_json(path)
 
 
 def merge_results(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.merge:
             results = merge_results([load_results(r) for r in args.runs])
             out = table_dir(results)
-            write_json_atomic(out / "results.json", results)
+            write_checked_json(out / "results.json", results)
             written = publish_tables(results, out, figures, track)
         else:
             written = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .integrity import NonFiniteError, nonfinite_routers, nonfinite_statistics
 from .moe import require_moe_blocks
 from .native import annotate
 from .statistics import RouterStatistics
@@ -28,6 +29,10 @@ class RidgeSolver:
     without the constant feature, their bias zero)."""
 
     def __init__(self, stats: RouterStatistics, bias: bool = True) -> None:
+        problem = nonfinite_statistics(stats.gram, stats.sums, stats.expert_names)
+        if problem:
+            raise NonFiniteError(f"Cannot fit routers to non-finite statistics: {problem}. Collect them again "
+                                 "(collect_statistics checks the forward pass; RouterStatistics.load checks files).")
         self.stats, self.bias = stats, bias
         keep = slice(None) if bias else slice(0, stats.hidden_size)
         A = stats.gram[:, :, keep, keep].sum(dim=1)  # [L, F, F], F = H+1 (or H without the bias)
@@ -86,7 +91,12 @@ class RidgeSolver:
         if normalize:
             norm = weight.norm(dim=1).clamp_min(torch.finfo(weight.dtype).tiny)  # [L, D]
             weight, bias = weight / norm[:, None, :], bias / norm
-        return RouterWeights(weight.transpose(1, 2).contiguous(), bias.contiguous())
+        weights = RouterWeights(weight.transpose(1, 2).contiguous(), bias.contiguous())
+        problem = nonfinite_routers(weights.weight, weights.bias, self.stats.expert_names)
+        if problem:
+            raise NonFiniteError(f"The ridge solve at λ={lam} gave non-finite routers: {problem}. A + λI is too "
+                                 "ill-conditioned for float64 at this λ: use a larger λ (the paper uses 1e-2).")
+        return weights
 
 
 def apply_router_weights(model: nn.Module, weights: RouterWeights) -> None:

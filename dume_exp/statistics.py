@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import atomic_file
+from .cache import CorruptEntryError, atomic_file
+from .integrity import NonFiniteError, nonfinite_statistics, tensors_sha256
 from .moe import require_moe_blocks, force_expert
 
 
@@ -79,22 +80,40 @@ class RouterStatistics:
         return RouterStatistics(self.gram[:, idx].clone(), self.sums[:, idx].clone(), [self.expert_names[i] for i in idx])
 
     def save(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
-        """Write a safetensors file atomically (temp file, then rename)."""
-        meta = {"expert_names": json.dumps(self.expert_names), **(metadata or {})}
+        """Write a safetensors file atomically (temp file, fsync, rename), the tensors' sha256 in its metadata."""
+        tensors = {"gram": self.gram.contiguous(), "sums": self.sums.contiguous()}
+        meta = {"expert_names": json.dumps(self.expert_names), **(metadata or {}), "sha256": tensors_sha256(tensors)}
         with atomic_file(path) as tmp:
-            save_file({"gram": self.gram.contiguous(), "sums": self.sums.contiguous()}, str(tmp), metadata=meta)
+            save_file(tensors, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "RouterStatistics":
+        """The statistics in ``path``, verified (see :meth:`load_with_metadata`)."""
+        return cls.load_with_metadata(path)[0]
+
+    @classmethod
+    def load_with_metadata(cls, path: str | Path) -> tuple["RouterStatistics", dict[str, str]]:
+        """The statistics in ``path`` and the file's metadata; raises :class:`~dume_exp.cache.CorruptEntryError`
+        naming the file when it is unreadable (e.g. empty), fails its sha256 or holds NaN/inf (files written before
+        the checksum are only checked for NaN/inf)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"Router statistics file {path} does not exist; collect them with collect_statistics().")
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            names = json.loads(f.metadata()["expert_names"])
-        tensors = load_file(str(path))
-        return cls(tensors["gram"], tensors["sums"], names)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+            tensors = load_file(str(path))
+            stats = cls(tensors["gram"], tensors["sums"], json.loads(meta["expert_names"]))
+        except (SafetensorError, KeyError, ValueError) as e:
+            raise CorruptEntryError(path, f"not a readable statistics file ({type(e).__name__}: {e})") from e
+        if "sha256" in meta and meta["sha256"] != tensors_sha256(tensors):
+            raise CorruptEntryError(path, "its tensors differ from the sha256 stored in its metadata")
+        problem = nonfinite_statistics(stats.gram, stats.sums, stats.expert_names)
+        if problem:
+            raise CorruptEntryError(path, problem)
+        return stats, meta
 
 
 def _ids_and_mask(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,6 +192,7 @@ def collect_statistics(
         raise ValueError(f"max_tokens_per_sequence must be a positive integer; got {max_tokens_per_sequence}.")
     names = list(expert_names) if expert_names is not None else [f"expert_{d}" for d in experts]
     device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().weight.shape[0]
     gram = torch.zeros(len(blocks), len(experts), hidden + 1, hidden + 1, dtype=torch.float64, device=device)
     sums = torch.zeros(len(blocks), len(experts), hidden + 1, dtype=torch.float64, device=device)
     state: dict = {}
@@ -197,6 +217,7 @@ def collect_statistics(
                     inputs = _forward_inputs(batch, int(max_tokens_per_sequence), mask_padding)
                     if inputs is None:
                         continue
+                    _check_vocabulary(inputs[0], vocab, names[slot])
                     ids, mask, counted = (t.to(device) for t in inputs)
                     state["mask"] = counted.reshape(-1)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_autocast):
@@ -209,4 +230,20 @@ def collect_statistics(
     empty = [names[slot] for slot in range(len(experts)) if counts[slot] == 0]
     if empty:
         raise ValueError(f"No calibration tokens for expert(s) {empty}: give every expert at least one non-empty sequence.")
+    problem = nonfinite_statistics(gram, sums, names)
+    if problem:
+        raise NonFiniteError(
+            f"The collected router statistics are not finite: {problem}. The forward pass overflowed on that expert's "
+            "calibration data: check its weights (dume_exp.integrity.check_finite_parameters) and collect in float32 "
+            "without bf16 autocast.")
     return RouterStatistics(gram.cpu(), sums.cpu(), names)
+
+
+def _check_vocabulary(ids: torch.Tensor, vocab: int, expert: str) -> None:
+    """Raise ``ValueError`` before the forward pass when a token id has no embedding row."""
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab:
+        raise ValueError(
+            f"A calibration batch of expert {expert!r} has token ids {low}..{high} (max id {high}), but the model's "
+            f"vocabulary has {vocab} embedding rows (valid ids 0..{vocab - 1}). The batches were probably tokenized with "
+            "another model's tokenizer: tokenize the calibration texts with the experts' tokenizer.")

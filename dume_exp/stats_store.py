@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import cache_root, recipe_key
+from .cache import CorruptEntryError, cache_root, quarantine, recipe_key
 from .moe import require_moe_blocks
 from .statistics import RouterStatistics, collect_statistics
 
@@ -72,11 +72,13 @@ class StatisticsStore:
         bf16_autocast: bool = False,
         mask_padding: bool = True,
     ) -> tuple[RouterStatistics, dict]:
-        """Stored statistics where they exist, a collection pass for the rest; returns them with a report
-        (``collected``/``loaded`` expert names, ``collect_wall_s`` now, and the original ``wall_s``/``tokens``)."""
+        """Stored statistics where they exist and verify, a collection pass for the rest (a corrupt file is moved aside
+        with a warning and collected again); returns them with a report (``collected``/``loaded`` expert names,
+        ``collect_wall_s`` now, and the original ``wall_s``/``tokens``)."""
         keys = self.keys(model, batches_by_expert, max_tokens_per_sequence, bf16_autocast, mask_padding)
         paths = [self.root / f"{k}.safetensors" for k in keys]
-        missing = [d for d, p in enumerate(paths) if not p.exists()]
+        stored = [_stored(p) for p in paths]
+        missing = [d for d, entry in enumerate(stored) if entry is None]
         start = time.perf_counter()
         if missing:
             fresh = collect_statistics(model, [batches_by_expert[d] for d in missing], max_tokens_per_sequence,
@@ -85,23 +87,26 @@ class StatisticsStore:
             wall = time.perf_counter() - start
             for slot, d in enumerate(missing):
                 share = wall * float(fresh.token_counts[slot]) / max(1, int(fresh.token_counts.sum()))
-                fresh.select([slot]).save(paths[d], metadata={"wall_s": repr(share), "key": keys[d]})
+                part, meta = fresh.select([slot]), {"wall_s": repr(share), "key": keys[d]}
+                part.save(paths[d], metadata=meta)
+                stored[d] = (part, meta)
         collect_wall = time.perf_counter() - start
-        parts, original_wall = [], 0.0
-        for d, path in enumerate(paths):
-            part = RouterStatistics.load(path)
-            parts.append(RouterStatistics(part.gram, part.sums, [expert_names[d]]))
-            original_wall += float(_metadata(path).get("wall_s", "0"))
-        stats = RouterStatistics.concat(parts)
+        stats = RouterStatistics.concat([RouterStatistics(part.gram, part.sums, [expert_names[d]])
+                                         for d, (part, _) in enumerate(stored)])
         report = {"collected": [expert_names[d] for d in missing],
                   "loaded": [expert_names[d] for d in range(len(paths)) if d not in missing],
-                  "collect_wall_s": collect_wall, "wall_s": original_wall, "tokens": int(stats.token_counts.sum()),
-                  "keys": keys}
+                  "collect_wall_s": collect_wall, "wall_s": sum(float(meta.get("wall_s", "0")) for _, meta in stored),
+                  "tokens": int(stats.token_counts.sum()), "keys": keys}
         return stats, report
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+def _stored(path: Path) -> tuple[RouterStatistics, dict[str, str]] | None:
+    """The verified statistics stored at ``path`` with the file's metadata; None when there are none or they are
+    corrupt (the file is then moved aside with a warning, to be collected again)."""
+    if not path.exists():
+        return None
+    try:
+        return RouterStatistics.load_with_metadata(path)
+    except CorruptEntryError as e:
+        quarantine(path, e.problem)
+        return None

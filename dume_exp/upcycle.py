@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from .integrity import check_finite_parameters
 from .moe import MoEBlock, moe_blocks
 from .native import NATIVE_MODEL_TYPES, NATIVE_MODELS, native_class, native_config, to_native
 
@@ -112,6 +113,12 @@ def _architecture(model: PreTrainedModel) -> tuple[type, dict[str, Any]]:
     if cfg.get("model_type") in NATIVE_MODEL_TYPES:
         cfg["model_type"] = model.config.stock_model_type
     return getattr(type(model), "stock_class", type(model)), cfg
+
+
+def check_finite_experts(experts: Sequence[PreTrainedModel]) -> None:
+    """Raise :class:`~dume_exp.integrity.NonFiniteError` naming the first expert and parameter holding NaN or inf."""
+    for i, expert in enumerate(experts):
+        check_finite_parameters(expert, _expert_name(expert, i))
 
 
 def check_compatible(experts: Sequence[PreTrainedModel], vocab: str = "strict") -> None:
@@ -280,6 +287,7 @@ def upcycle(
     :func:`dume_exp.fit_routers`). The input models are not modified.
     """
     check_compatible(experts, vocab)
+    check_finite_experts(experts)
     native_class(experts[0].config.model_type)
     merged = _dense_merge(experts, skip_mlps=True, vocab=vocab, tokenizer=tokenizer)
     mlps = [[copy.deepcopy(layer.mlp) for layer in decoder_layers(e)] for e in experts]
@@ -290,6 +298,7 @@ def upcycle(
 def weight_average(experts: Sequence[PreTrainedModel], vocab: str = "align", tokenizer: Any = None) -> PreTrainedModel:
     """Uniform average of every parameter (MLPs included): one dense model of the experts' class."""
     check_compatible(experts, vocab)
+    check_finite_experts(experts)
     return _dense_merge(experts, skip_mlps=False, vocab=vocab, tokenizer=tokenizer)
 
 
