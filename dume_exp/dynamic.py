@@ -6,14 +6,26 @@ Routers are re-solved from the statistics. ``mode="fast"`` reuses the stored sta
 experts already there (collected under the previous backbone) and runs forward passes only for the
 new expert; ``mode="exact"`` recollects every expert's statistics under the new backbone.
 
+Both functions are all-or-nothing: on any exception (``KeyboardInterrupt`` included) the model is put back
+exactly as it was, so a retry starts from the same state. The CLI replaces its output folder atomically
+(:func:`replace_folder`): a kill at any moment leaves the old model or the new one there.
+
 CLI: ``python -m dume_exp.dynamic add|remove --help``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import ctypes
+import errno
+import functools
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +37,46 @@ from .moe import require_moe_blocks
 from .ridge import fit_routers
 from .statistics import RouterStatistics, collect_statistics
 from .upcycle import (CONFIG_KEY, check_compatible, decoder_layers, dense_view, load_upcycled, shared_vocab_rows,
-                      truncate_vocab)
+                      truncate_vocab, vocab_rows)
 
 Batches = Sequence[Mapping[str, torch.Tensor]]
 MODES = ("fast", "exact")
 STATS_FILE = "router_statistics.safetensors"
 
 
+def _module_state(module: nn.Module) -> dict[str, Any]:
+    """A shallow copy of ``module``'s attributes, with its containers (parameters, buffers, children) copied too."""
+    return {k: copy.copy(v) if isinstance(v, (dict, set, list)) else v for k, v in module.__dict__.items()}
+
+
+@contextlib.contextmanager
+def _rollback_on_error(model: PreTrainedModel) -> Iterator[None]:
+    """Put ``model`` back exactly as it was if the body raises anything (``KeyboardInterrupt`` included).
+
+    Restores every submodule's attributes (parameters, buffers, children, ``top_k``, ...), the tensor held by
+    each parameter and buffer, and the config's fields. Tensors are kept by reference, not copied: the body
+    must replace tensors (``p.data = new``, new modules) rather than write into existing ones.
+    """
+    modules = [(m, _module_state(m)) for m in model.modules()]
+    tensors = [(t, t.data) for t in itertools.chain(model.parameters(), model.buffers())]
+    config = copy.deepcopy(model.config.__dict__)
+    try:
+        yield
+    except BaseException:
+        for module, state in modules:
+            module.__dict__.clear()
+            module.__dict__.update(state)
+        for tensor, data in tensors:
+            tensor.data = data
+        model.config.__dict__.clear()
+        model.config.__dict__.update(config)
+        raise
+
+
 def _shift_backbone(model: nn.Module, expert: nn.Module, num_before: int, sign: int) -> None:
-    """Mean over ``num_before`` experts → mean with ``expert`` added (sign=+1) or taken out (sign=−1)."""
+    """Mean over ``num_before`` experts → mean with ``expert`` added (sign=+1) or taken out (sign=−1).
+
+    Each parameter gets a new tensor (the old one is not written to, see :func:`_rollback_on_error`)."""
     inside = {id(p) for b in require_moe_blocks(model) for p in b.parameters()}
     source = dict(expert.named_parameters())
     num_after = num_before + sign
@@ -42,7 +85,7 @@ def _shift_backbone(model: nn.Module, expert: nn.Module, num_before: int, sign: 
             if id(p) in inside:
                 continue
             new = (p.double() * num_before + sign * source[name][: p.shape[0]].double()) / num_after
-            p.copy_(new.to(p.dtype))
+            p.data = new.to(p.dtype)
 
 
 def _resize_routers(model: nn.Module, keep: Sequence[int], extra: int) -> None:
@@ -63,12 +106,41 @@ def _update_layout(model: PreTrainedModel) -> None:
     setattr(model.config, CONFIG_KEY, model.dume_layout())
 
 
-def _check_mode(mode: str, others: Sequence[Batches] | None) -> None:
+def _check_inputs(mode: str, stats: RouterStatistics, num: int, batches: Sequence[Batches] | None, argument: str,
+                  expected: int) -> None:
+    """``mode`` is known, ``stats`` describe the model's ``num`` experts and, with ``mode="exact"``, ``batches``
+    (the ``argument``) hold one list of calibration batches for each of the ``expected`` experts."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
-    if mode == "exact" and others is None:
-        raise ValueError("mode='exact' recollects every expert's statistics: pass the calibration batches of the "
-                         "experts already in the model (or use mode='fast').")
+    if stats.num_experts != num:
+        raise ValueError(f"stats describe {stats.num_experts} experts but the model has {num}: pass the statistics "
+                         "saved with this model.")
+    if mode != "exact":
+        return
+    if batches is None:
+        raise ValueError(f"mode='exact' recollects every expert's statistics: pass {argument}, the calibration "
+                         "batches of the experts that stay in the model (or use mode='fast').")
+    if len(batches) != expected:
+        raise ValueError(f"{argument} has {len(batches)} entries for {expected} experts: pass one list of "
+                         "calibration batches per expert, in the model's order.")
+
+
+def _expert_index(stats: RouterStatistics, expert: int | str) -> int:
+    if not isinstance(expert, str):
+        return int(expert)
+    if expert not in stats.expert_names:
+        raise ValueError(f"No expert named {expert!r} in the model (experts {stats.expert_names}).")
+    return stats.expert_names.index(expert)
+
+
+def _check_removed_model(model: PreTrainedModel, removed: PreTrainedModel) -> None:
+    """``removed`` can be taken out of the backbone mean: same architecture, at least the model's vocabulary."""
+    with dense_view(model) as dense:
+        check_compatible([dense, removed], "align")
+        rows = vocab_rows(dense)
+    if vocab_rows(removed) < rows:
+        raise ValueError(f"removed_model has {vocab_rows(removed)} vocabulary rows but the model has {rows}: pass "
+                         "the dense expert that was merged into the model.")
 
 
 def add_expert(
@@ -91,31 +163,30 @@ def add_expert(
     statistics of the new expert set (``stats`` must describe the model's current experts, in order).
 
     ``vocab`` and ``tokenizer`` as in :func:`dume_exp.upcycle`: with ``"align"`` the model keeps the vocabulary
-    rows it shares with the new expert."""
-    _check_mode(mode, existing_batches)
+    rows it shares with the new expert. On any error the model is left exactly as it was."""
     blocks = require_moe_blocks(model)
     num = blocks[0].num_experts
-    if stats.num_experts != num:
-        raise ValueError(f"stats describe {stats.num_experts} experts but the model has {num}.")
+    _check_inputs(mode, stats, num, existing_batches, "existing_batches", num)
     if name in stats.expert_names:
         raise ValueError(f"An expert named {name!r} is already in the model ({stats.expert_names}).")
     with dense_view(model) as dense:
         check_compatible([dense, expert], vocab)
         rows = shared_vocab_rows([dense, expert], vocab, tokenizer)
-    truncate_vocab(model, rows)
-    _shift_backbone(model, expert, num, +1)
-    for layer, block in zip(decoder_layers(expert), blocks):
-        block.experts.append(copy.deepcopy(layer.mlp).to(block.router.weight))
-    _resize_routers(model, list(range(num)), 1)
-    _update_layout(model)
-    if mode == "fast":
-        new = collect_statistics(model, [batches], max_tokens_per_sequence, expert_names=[name],
-                                 progress=progress, experts=[num])
-        stats = RouterStatistics.concat([stats, new])
-    else:
-        stats = collect_statistics(model, [*existing_batches, batches], max_tokens_per_sequence,
-                                   expert_names=[*stats.expert_names, name], progress=progress)
-    fit_routers(model, stats, lam=lam, normalize=normalize)
+    with _rollback_on_error(model):
+        truncate_vocab(model, rows)
+        _shift_backbone(model, expert, num, +1)
+        for layer, block in zip(decoder_layers(expert), blocks):
+            block.experts.append(copy.deepcopy(layer.mlp).to(block.router.weight))
+        _resize_routers(model, list(range(num)), 1)
+        _update_layout(model)
+        if mode == "fast":
+            new = collect_statistics(model, [batches], max_tokens_per_sequence, expert_names=[name],
+                                     progress=progress, experts=[num])
+            stats = RouterStatistics.concat([stats, new])
+        else:
+            stats = collect_statistics(model, [*existing_batches, batches], max_tokens_per_sequence,
+                                       expert_names=[*stats.expert_names, name], progress=progress)
+        fit_routers(model, stats, lam=lam, normalize=normalize)
     return stats
 
 
@@ -135,32 +206,118 @@ def remove_expert(
     """Remove one expert (index or name) from the DUME ``model`` in place; returns the remaining statistics.
 
     With ``removed_model`` (the dense expert that was merged in) the backbone becomes the mean of the
-    remaining experts; without it the backbone is kept as it is.
+    remaining experts; without it the backbone is kept as it is. On any error the model is left exactly as it was.
     """
-    _check_mode(mode, remaining_batches)
     blocks = require_moe_blocks(model)
     num = blocks[0].num_experts
-    index = stats.expert_names.index(expert) if isinstance(expert, str) else int(expert)
-    if num < 2 or not 0 <= index < num or stats.num_experts != num:
+    _check_inputs(mode, stats, num, remaining_batches, "remaining_batches", num - 1)
+    index = _expert_index(stats, expert)
+    if num < 2 or not 0 <= index < num:
         raise ValueError(f"Cannot remove expert {expert!r} from a model with {num} experts ({stats.expert_names}).")
-    keep = [d for d in range(num) if d != index]
     if removed_model is not None:
-        _shift_backbone(model, removed_model, num, -1)
-    for block in blocks:
-        block.experts = nn.ModuleList(block.experts[d] for d in keep)
-    _resize_routers(model, keep, 0)
-    _update_layout(model)
+        _check_removed_model(model, removed_model)
+    keep = [d for d in range(num) if d != index]
     names = [stats.expert_names[d] for d in keep]
-    if mode == "fast":
-        stats = stats.select(keep)
-    else:
-        stats = collect_statistics(model, remaining_batches, max_tokens_per_sequence, expert_names=names,
-                                   progress=progress)
-    fit_routers(model, stats, lam=lam, normalize=normalize)
+    with _rollback_on_error(model):
+        if removed_model is not None:
+            _shift_backbone(model, removed_model, num, -1)
+        for block in blocks:
+            block.experts = nn.ModuleList(block.experts[d] for d in keep)
+        _resize_routers(model, keep, 0)
+        _update_layout(model)
+        if mode == "fast":
+            stats = stats.select(keep)
+        else:
+            stats = collect_statistics(model, remaining_batches, max_tokens_per_sequence, expert_names=names,
+                                       progress=progress)
+        fit_routers(model, stats, lam=lam, normalize=normalize)
     return stats
 
 
+# ------------------------------------------------------------------------------------------------ folder swap
+
+_AT_FDCWD = -100  # renameat2: paths relative to the working directory
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the platform, the C
+    library or the file system does not offer it."""
+    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    if rename is None:
+        return False
+    rename.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if rename(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _work_dir(dest: Path) -> Path:
+    """The sibling folder in which the replacement of ``dest`` is prepared (same file system, so renames are atomic)."""
+    return dest.parent / f".{dest.name}.dume-update"
+
+
+def recover_interrupted_update(dest: str | Path) -> None:
+    """Finish or undo a :func:`replace_folder` of ``dest`` that was killed: put the old folder back if the kill
+    came between the two renames of the fallback swap, and delete what the update left aside."""
+    dest = Path(dest).resolve()
+    work = _work_dir(dest)
+    if not work.exists():
+        return
+    if (work / "old").exists() and not dest.exists():
+        os.rename(work / "old", dest)
+    shutil.rmtree(work)
+
+
+def _swap_in(new: Path, dest: Path, aside: Path) -> None:
+    """Make ``new`` the folder ``dest``: one atomic rename or exchange; else ``dest`` → ``aside``, then ``new`` →
+    ``dest`` (a kill in between is undone by :func:`recover_interrupted_update`)."""
+    if not dest.exists():
+        os.rename(new, dest)
+    elif not _exchange(new, dest):
+        os.rename(dest, aside)
+        os.rename(new, dest)
+
+
+def _check_replaceable(dest: Path) -> None:
+    """Refuse to replace anything but a missing or empty folder or a saved model folder (one with config.json)."""
+    if dest.exists() and not (dest.is_dir() and (not any(dest.iterdir()) or (dest / "config.json").exists())):
+        raise SystemExit(f"--out {dest} exists and is not a model folder; it would be replaced as a whole. Pass a "
+                         "new or empty folder, or a saved model folder.")
+
+
+def replace_folder(dest: str | Path, write: Callable[[Path], None]) -> None:
+    """Replace the folder ``dest`` by the one ``write(folder)`` fills, so that ``dest`` is at every moment either
+    the old folder (or absent, if it was) or the complete new one.
+
+    The new folder is written into a sibling work folder and swapped in with Linux
+    ``renameat2(RENAME_EXCHANGE)``: one atomic step, no moment without ``dest``. Where that is unavailable (other
+    systems, some file systems) ``dest`` is renamed aside and the new folder renamed in; a kill between those two
+    renames leaves ``dest`` missing until :func:`recover_interrupted_update` (run by the CLI at its next start)
+    moves the old folder back. ``dest`` is replaced as a whole: files ``write`` does not write are not kept.
+    One update of a given ``dest`` at a time.
+    """
+    dest = Path(dest).resolve()
+    work = _work_dir(dest)
+    recover_interrupted_update(dest)
+    work.mkdir(parents=True)
+    try:
+        write(work / "new")
+        _swap_in(work / "new", dest, work / "old")
+    finally:
+        recover_interrupted_update(dest)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
+
+def _save(model: PreTrainedModel, stats: RouterStatistics, tokenizer: Any, folder: Path) -> None:
+    """The model folder the CLI writes: weights, config and tokenizer (``save_pretrained``) and the statistics."""
+    model.save_pretrained(folder, tokenizer=tokenizer)
+    stats.save(folder / STATS_FILE)
+
 
 def _text_batches(tokenizer, path: Path, max_len: int, batch_size: int = 8, max_samples: int = 2048) -> list[dict]:
     texts = [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()][:max_samples]
@@ -192,6 +349,9 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--expert", required=True, help="name of the expert to remove")
             p.add_argument("--removed-model", help="the dense expert being removed (re-averages the backbone)")
     args = parser.parse_args(argv)
+    for folder in (args.model, args.out):
+        recover_interrupted_update(folder)
+    _check_replaceable(args.out)
     stats_path = args.model / STATS_FILE
     if not stats_path.exists():
         raise SystemExit(f"{stats_path} is missing: save the statistics next to the model "
@@ -208,8 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         removed = AutoModelForCausalLM.from_pretrained(args.removed_model) if args.removed_model else None
         stats = remove_expert(model, stats, args.expert, removed_model=removed, **common)
-    model.save_pretrained(args.out, tokenizer=tokenizer)
-    stats.save(args.out / STATS_FILE)
+    replace_folder(args.out, functools.partial(_save, model, stats, tokenizer))
     print(f"wrote {args.out}: experts {stats.expert_names}")
 
 
