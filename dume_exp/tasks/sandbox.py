@@ -67,6 +67,7 @@ class SandboxLimits:
     cpu_s: int | None = None
     file_size_mb: int = 16
     max_open_files: int = 64
+    max_processes: int = 16  # for the sandbox user when the evaluator is root (the guard then lowers it to 0)
     scratch_mb: int = 64  # each of the writable tmpfs: the working folder and /tmp
     max_output_chars: int = 8192
     unsafe_without_isolation: bool = False
@@ -184,6 +185,9 @@ def _set_limits(limits: SandboxLimits) -> None:
                          (resource.RLIMIT_FSIZE, limits.file_size_mb * mb),
                          (resource.RLIMIT_NOFILE, limits.max_open_files), (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(which, (value, value))
+    if os.geteuid() == 0:  # counts once setpriv has dropped to limits.user (root is exempt; an unprivileged
+        # evaluator's own processes would count against it, so there only the guard's zero applies)
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
 
 
 def _read_truncated(f, limit: int) -> str:
