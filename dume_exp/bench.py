@@ -1,4 +1,4 @@
-"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe|router-step|add-expert|load [--help]``."""
+"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe|router-step|add-expert|load|sandbox [--help]``."""
 from __future__ import annotations
 
 import argparse
@@ -188,8 +188,39 @@ def bench_load(args: argparse.Namespace) -> None:
           f"ratio {peak / weights:.2f}x (goal ≤ 1.2x)")
 
 
+_SANDBOX_PROGRAM = ("def add(a, b):\n    return a + b\n\n\ndef check(candidate):\n"
+                    "    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n\n\ncheck(add)\n")
+
+
+def bench_sandbox(args: argparse.Namespace) -> None:
+    """Programs per second through the code sandbox (a small passing HumanEval-style program; ``--repeats``
+    rounds of 20), isolated by bubblewrap and unisolated (resource limits and the Python guard only)."""
+    from .tasks.sandbox import SandboxLimits, isolation_problem, run_python
+
+    modes = {"unisolated": SandboxLimits(bwrap="/nonexistent/bwrap", unsafe_without_isolation=True)}
+    problem = isolation_problem()
+    if problem is None:
+        modes["isolated"] = SandboxLimits()
+    else:
+        print(f"isolated: unavailable ({problem})")
+
+    def twenty(limits: SandboxLimits) -> Callable[[], object]:
+        def call() -> None:
+            for _ in range(20):
+                res = run_python(_SANDBOX_PROGRAM, limits)
+                if not res.passed:
+                    raise RuntimeError(f"the benchmark program failed in the sandbox: {res.stderr[-500:]}")
+        return call
+    medians = _interleaved_medians({name: twenty(limits) for name, limits in modes.items()}, args.repeats)
+    for name, seconds in medians.items():
+        print(f"{name}: {20 / seconds:.1f} programs/s ({seconds / 20 * 1000:.1f} ms each)")
+    if len(medians) == 2:
+        print(f"isolation cost: {medians['isolated'] / medians['unisolated']:.2f}x the unisolated time per program")
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "moe": bench_moe, "router-step": bench_router_step, "add-expert": bench_add_expert, "load": bench_load}
+    "moe": bench_moe, "router-step": bench_router_step, "add-expert": bench_add_expert, "load": bench_load,
+    "sandbox": bench_sandbox}
 
 
 def main(argv: list[str] | None = None) -> None:
