@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .allocator import active_allocator
 from .cache import cache_root, file_sha256, read_cached_json, recipe_key, write_checked_json
+from .config import check_config
 from .evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
 from .moe import moe_blocks, reset_routing_counts, routing_counts
 from .report import publish_tables, table_rows, write_report
@@ -30,11 +31,10 @@ from .stats_store import StatisticsStore, tensor_fingerprint
 from .strategies import STRATEGIES, BuildContext, Candidate, RouterConfig, build
 from .tracking import Tracker, tracker
 from .native import NATIVE_MODEL_TYPES, annotate, annotate_saved, is_native
-from .upcycle import VOCAB_MODES
+from .zoo.train import TrainConfig
 
 log = logging.getLogger(__name__)
 SPLIT_FILES = {"train": ["train.jsonl"], "validation": ["validation.jsonl"], "test": ["test.jsonl", "*_test.jsonl"]}
-CALIBRATION_TEXTS = ("prompt_answer", "prompt")  # calibration.text: a row's whole text | its question/prompt only
 PROMPT_FIELDS = ("question", "prompt")  # the fields of a row that make its prompt
 
 
@@ -85,39 +85,97 @@ def parse_lambda(value: Any) -> float | str:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Fail before any model is loaded: strategy names, λ, calibration and vocabulary settings."""
+    """Fail before any model is loaded or the zoo built: the schema's keys, choices and ranges
+    (:func:`~dume_exp.config.check_config`), strategy names, λ, the calibration protocol, and the settings that
+    must agree with each other (domains, ``router.top_k``, the zoo's)."""
+    check_config(cfg)
     selected_strategies(cfg)
     parse_lambda(cfg.router.lam)
     cal = cfg.calibration
-    if cal.split not in SPLIT_FILES:
-        raise ValueError(f"calibration.split must be one of {list(SPLIT_FILES)}; got {cal.split!r}.")
     if cal.split == "test" and not cal.allow_eval_split:
         raise ValueError("calibration.split=test uses the evaluation data for the routers (test leakage, the reference "
                          "code's default); set calibration.allow_eval_split=true to do it anyway (tables mark it).")
-    if cal.max_samples < 1:
-        raise ValueError(f"calibration.max_samples must be ≥ 1; got {cal.max_samples}.")
-    if cal.text not in CALIBRATION_TEXTS:
-        raise ValueError(f"calibration.text must be one of {list(CALIBRATION_TEXTS)} (prompt: the question/prompt "
-                         f"only, as the reference implementation); got {cal.text!r}.")
     if not isinstance(cal.mask_padding, bool):
         raise ValueError(f"calibration.mask_padding must be true or false (false: padding tokens enter the router "
                          f"statistics, as in the reference implementation); got {cal.mask_padding!r}.")
-    if cfg.experts.vocab not in VOCAB_MODES:
-        raise ValueError(f"experts.vocab must be one of {list(VOCAB_MODES)}; got {cfg.experts.vocab!r}.")
-    subset = list(cfg.experts.subset or [])
-    if subset and (len(subset) < 2 or not set(subset) <= set(cfg.experts.domains) or len(set(subset)) != len(subset)):
-        raise ValueError(f"experts.subset must name ≥ 2 distinct domains of {list(cfg.experts.domains)}; got {subset}.")
-    if cfg.router.statistics not in ("exact", "fast"):
-        raise ValueError(f"router.statistics must be 'exact' or 'fast'; got {cfg.router.statistics!r}.")
+    if cfg.experts.source == "zoo":
+        check_zoo(cfg)
+    check_domains(cfg)
     unsaved = sorted(set(cfg.save_models) - set(selected_strategies(cfg)))
     if unsaved:
         raise ValueError(f"save_models names {unsaved}, which this run does not build; choose among the selected "
                          f"strategies {selected_strategies(cfg)}.")
 
 
+def check_domains(cfg: DictConfig) -> None:
+    """``experts.subset``, ``eval.domain_limit`` and ``eval.domain_max_gen_toks`` name domains of ``experts.domains``;
+    ``router.top_k`` routes to at most every expert of the run."""
+    domains = list(cfg.experts.domains)
+    subset = list(cfg.experts.subset or [])
+    if subset and (len(subset) < 2 or not set(subset) <= set(domains) or len(set(subset)) != len(subset)):
+        raise ValueError(f"experts.subset must name ≥ 2 distinct domains of {domains}; got {subset}.")
+    for knob in ("domain_limit", "domain_max_gen_toks"):
+        unknown = sorted(set(cfg.eval[knob]) - set(domains))
+        if unknown:
+            raise ValueError(f"eval.{knob} names unknown domain(s) {unknown}; use domains of experts.domains "
+                             f"{domains}.")
+    n_experts = len(subset or domains)
+    if n_experts and cfg.router.top_k > n_experts:
+        raise ValueError(f"router.top_k must be between 1 and the number of experts ({n_experts}); "
+                         f"got {cfg.router.top_k}.")
+
+
+def check_zoo(cfg: DictConfig) -> None:
+    """The zoo of ``experts.setting`` has an expert for every domain, and ``zoo.*`` is a valid fine-tuning config."""
+    from .zoo.clm_data import CLM_DOMAINS
+    from .zoo.reasoning_data import DOMAINS as REASONING_DOMAINS
+
+    built = list({"clm": CLM_DOMAINS, "reasoning": REASONING_DOMAINS}[cfg.experts.setting])
+    unknown = sorted(set(cfg.experts.domains) - set(built))
+    if unknown:
+        raise ValueError(f"experts.domains names {unknown}, for which the {cfg.experts.setting} zoo has no expert; "
+                         f"choose among {built}.")
+    try:
+        TrainConfig(**{f.name: cfg.zoo[f.name] for f in fields(TrainConfig)})
+    except ValueError as err:
+        raise ValueError(f"zoo: {err}") from None
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` means a folder rather than a hub id (``org/name``): absolute, ``./``, ``../`` or ``~``,
+    more than one ``/``, or a parent folder that exists."""
+    path = Path(name)
+    return (path.is_absolute() or name.startswith(("./", "../", "~")) or name.count("/") > 1
+            or (path.parent != Path(".") and path.parent.exists()))
+
+
+def check_folders(ec: DictConfig) -> None:
+    """Every folder of ``experts`` given as a local path exists (transformers would report a malformed hub id)."""
+    named = {f"experts.models.{d}": ec.models.get(d) for d in ec.domains} if ec.source == "pretrained" else {}
+    named.update({f"experts.{k}": ec[k] for k in ("base", "tokenizer", "data_dir")})
+    for key, name in named.items():
+        if name and looks_local(str(name)) and not Path(name).expanduser().exists():
+            raise FileNotFoundError(f"{key}: folder not found: {name} (a local path; give an existing folder, or a "
+                                    f"hub id org/name).")
+
+
+def pretrained_paths(ec: DictConfig) -> dict[str, str]:
+    """``experts.models`` of each domain, with the data folder ``experts.source=pretrained`` needs."""
+    missing = [d for d in ec.domains if d not in ec.models]
+    if missing:
+        raise ValueError(f"experts.models has no model for domain(s) {missing}; give "
+                         f"experts.models.<domain>=<hub id or folder>.")
+    if not ec.data_dir:
+        raise ValueError("experts.data_dir is required with experts.source=pretrained (calibration and evaluation data "
+                         "in the zoo layout: <data_dir>/<domain>/{train,test}.jsonl).")
+    return {d: ec.models[d] for d in ec.domains}
+
+
 def load_expert_set(cfg: DictConfig) -> ExpertSet:
-    """The experts of ``cfg.experts`` (building the embedded zoo when needed), their tokenizer and data."""
+    """The experts of ``cfg.experts`` (building the embedded zoo when needed), their tokenizer and data; given folders
+    are checked first (:func:`check_folders`), an environment matter that :func:`validate` leaves here."""
     ec = cfg.experts
+    check_folders(ec)
     dtype = getattr(torch, ec.dtype)
     if ec.source == "zoo":
         from .zoo.build import ensure_zoo
@@ -125,17 +183,9 @@ def load_expert_set(cfg: DictConfig) -> ExpertSet:
         zoo = ensure_zoo(ec.setting, cfg.zoo, progress=cfg.progress)
         paths = {d: zoo.experts[d] for d in ec.domains}
         data_dir, nltk_data, provenance, base = zoo.data_dir, zoo.nltk_data, zoo.manifest, str(zoo.base)
-    elif ec.source == "pretrained":
-        missing = [d for d in ec.domains if d not in ec.models]
-        if missing:
-            raise ValueError(f"experts.models has no model for domain(s) {missing}; give experts.models.<domain>=<hub id or folder>.")
-        paths = {d: ec.models[d] for d in ec.domains}
-        if not ec.data_dir:
-            raise ValueError("experts.data_dir is required with experts.source=pretrained (calibration and evaluation data "
-                             "in the zoo layout: <data_dir>/<domain>/{train,test}.jsonl).")
+    else:  # pretrained: check_config admits no other source
+        paths = pretrained_paths(ec)
         data_dir, nltk_data, provenance, base = Path(ec.data_dir), None, {"models": dict(paths)}, ec.base
-    else:
-        raise ValueError(f"experts.source must be 'zoo' or 'pretrained'; got {ec.source!r}.")
     tokenizer = AutoTokenizer.from_pretrained(str(ec.tokenizer or paths[ec.domains[0]]))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -241,11 +291,9 @@ def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
         suite = paper_reasoning_suite(**({"arc_languages": langs} if langs else {}), **common)
     else:
         raise ValueError(f"eval.suite must be zoo_clm, zoo_reasoning or paper_reasoning; got {ev.suite!r}.")
-    for knob in ("domain_max_gen_toks", "domain_limit"):
-        unknown = sorted(set(ev[knob]) - set(suite.domains))
-        if unknown:
-            raise ValueError(f"eval.{knob} names unknown domain(s) {unknown}; domains: {list(suite.domains)}.")
-    capped = {d: suite.select([d]).with_max_gen_toks(n).domains[d] for d, n in ev.domain_max_gen_toks.items()}
+    # validate checked these domains against experts.domains; an experts.subset run scores some of them
+    capped = {d: suite.select([d]).with_max_gen_toks(n).domains[d] for d, n in ev.domain_max_gen_toks.items()
+              if d in suite.domains}
     return replace(suite, domains={d: capped.get(d, spec) for d, spec in suite.domains.items()})
 
 

@@ -1,0 +1,99 @@
+"""Bad settings fail at start-up through the app's own path, naming the key and the fix, before the embedded zoo is
+built, a model loaded or a results cell written."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import dume_exp.zoo.build
+from dume_exp.config import register_configs
+from dume_exp.experiment import run
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+MISSING = "/nonexistent/dume/experts/math"
+
+# (overrides, error type, what the message must name: the key, then the valid choices or the fix)
+BAD = {
+    "suite": (["eval.suite=zoo_reasonin"], ValueError, ["eval.suite", "'zoo_clm', 'zoo_reasoning', 'paper_reasoning'"]),
+    "setting": (["experts.setting=reasonin"], ValueError, ["experts.setting", "'clm', 'reasoning'"]),
+    "max_tokens": (["router.max_tokens_per_sequence=0"], ValueError, ["router.max_tokens_per_sequence", "≥ 1"]),
+    "seeds": (["seeds=[]"], ValueError, ["seeds", "non-empty list", "null"]),
+    "domain_limit": (["+eval.domain_limit.maths=10"], ValueError,
+                     ["eval.domain_limit", "'maths'", "['math', 'multilingual', 'coding', 'instruction']"]),
+    "domain_max_gen_toks": (["+eval.domain_max_gen_toks.maths=10"], ValueError, ["eval.domain_max_gen_toks", "'maths'"]),
+    "top_k_0": (["router.top_k=0"], ValueError, ["router.top_k", "≥ 1"]),
+    "top_k_5": (["router.top_k=5"], ValueError, ["router.top_k", "between 1 and the number of experts (4)"]),
+    "temperature": (["router.temperature=0"], ValueError, ["router.temperature", "finite number > 0"]),
+    "plus_key": (["+router.lamb=5"], ValueError, ["'router.lamb'", "valid keys of router", "'lam'"]),
+    "lam": (["router.lam=abc"], ValueError, ["router.lam", "'auto'", "'abc'"]),
+    "dtype": (["experts.dtype=float33"], ValueError, ["experts.dtype", "'float32', 'bfloat16'"]),
+    "batch_size": (["calibration.batch_size=0"], ValueError, ["calibration.batch_size", "≥ 1"]),
+    "limit": (["eval.limit=0"], ValueError, ["eval.limit", "≥ 1"]),
+    "zoo_domain": (["experts.domains=[math,maths]", "eval.domain_limit={}"], ValueError,
+                   ["experts.domains", "'maths'", "reasoning zoo", "'instruction'"]),
+    "folder": (["experts=paper_reasoning", f"experts.models.math={MISSING}"], FileNotFoundError,
+               ["experts.models.math", "folder not found", MISSING]),
+}
+
+
+class ZooBuildStarted(Exception):
+    """Raised instead of building the embedded zoo (16–21 minutes)."""
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """A fresh, empty ``DUME_CACHE`` and results folder; building the zoo raises :class:`ZooBuildStarted`."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "data").mkdir()
+    monkeypatch.setenv("DUME_CACHE", str(tmp_path / "cache"))
+
+    def no_zoo(*args, **kwargs):
+        raise ZooBuildStarted("the zoo build started before the bad setting was reported")
+
+    monkeypatch.setattr(dume_exp.zoo.build, "ensure_zoo", no_zoo)
+    return tmp_path
+
+
+def compose_app(*overrides: str):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=["+experiment=reasoning", *overrides])
+
+
+def assert_nothing_built(root: Path) -> None:
+    assert not list((root / "cache").iterdir()), "the cache is not empty: something was built"
+    assert not list(root.glob("results/**/*.json")), "a results cell was written"
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_setting_fails_before_any_work(fresh, name):
+    overrides, error, words = BAD[name]
+    cfg = compose_app("logger=none", f"results_dir={fresh / 'results'}", f"experts.data_dir={fresh / 'data'}",
+                      *overrides)
+    with pytest.raises(error) as info:
+        run(cfg, fresh / "run")
+    for word in words:
+        assert word in str(info.value)
+    assert_nothing_built(fresh)
+
+
+def test_the_app_reports_a_bad_setting_within_seconds(tmp_path):
+    """``python -m dume_exp`` itself: the error, no cache, no cell; prints the start-up validation time."""
+    env = {**os.environ, "DUME_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    (tmp_path / "cache").mkdir()
+    cmd = [sys.executable, "-m", "dume_exp", "+experiment=reasoning", "experts.dtype=float33", "logger=none",
+           f"results_dir={tmp_path / 'results'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - start
+    print(f"start-up validation: {wall:.1f} s from process start to the error")
+    assert proc.returncode != 0
+    assert "experts.dtype must be one of ['float32', 'bfloat16', 'float16', 'float64']; got 'float33'" in proc.stderr
+    assert_nothing_built(tmp_path)
