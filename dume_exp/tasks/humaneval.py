@@ -15,6 +15,7 @@ from .common import local_data, render_shipped, shipped_config, with_raw_prompt
 from .sandbox import SandboxLimits, run_python
 
 PASS_AT_1 = "pass@1"
+SCORING_VERSION = 2  # 2: a pass needs the program to complete (1 counted exit status 0)
 RAW_PROMPT = "{{prompt}}"
 _FENCE = "```"
 PLAIN_YAML = "humaneval/humaneval.yaml"
@@ -40,8 +41,10 @@ class HumanEvalScorer:
     def __call__(self, doc: dict[str, Any], results: list[str]) -> dict[str, float]:
         return {PASS_AT_1: float(run_python(self.program(doc, results[0]), self.limits).passed)}
 
-    def __repr__(self) -> str:
-        return f"HumanEvalScorer(instruct={self.instruct}, limits={self.limits})"
+    def __repr__(self) -> str:  # part of evaluation cache keys: what decides a verdict, not where the tools live
+        lim = self.limits
+        return (f"HumanEvalScorer(instruct={self.instruct}, scoring={SCORING_VERSION}, timeout_s={lim.timeout_s}, "
+                f"memory_mb={lim.memory_mb}, cpu_s={lim.cpu_s}, file_size_mb={lim.file_size_mb})")
 
 
 def instruct_exchange(doc: dict[str, Any]) -> tuple[str, str]:
