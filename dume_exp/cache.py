@@ -124,9 +124,9 @@ def dir_problem(folder: str | Path) -> str | None:
     actual = _tree_digest(folder)
     missing = sorted(set(stored) - set(actual))
     changed = sorted(rel for rel in set(stored) & set(actual) if stored[rel] != actual[rel])
-    if missing or changed:
-        return f"{len(missing)} missing file(s) {missing[:3]} and {len(changed)} changed file(s) {changed[:3]}"
-    return None
+    found = [f"{len(paths)} {what} file(s) {paths[:3]}" for what, paths in (("missing", missing), ("changed", changed))
+             if paths]
+    return ", ".join(found) or None
 
 
 def _publish_dir(tmp: Path, final: Path) -> None:
@@ -213,7 +213,7 @@ def read_checked_json(path: str | Path) -> dict[str, Any]:
         raise CorruptEntryError(path, f"a JSON {type(data).__name__} where an object was written")
     stored = data.pop(CHECKSUM_KEY, None)
     if stored is not None and stored != (actual := _json_sha256(data)):
-        raise CorruptEntryError(path, f"its content sha256 {actual[:12]}… differs from the stored {str(stored)[:12]}…")
+        raise CorruptEntryError(path, f"its content sha256 {actual[:12]} differs from the stored {str(stored)[:12]}")
     return data
 
 
