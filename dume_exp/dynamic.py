@@ -118,14 +118,15 @@ def _check_inputs(mode: str, stats: RouterStatistics, num: int, batches: Sequenc
     if mode != "exact":
         return
     if batches is None:
-        raise ValueError(f"mode='exact' recollects every expert's statistics: pass {argument}, the calibration "
-                         "batches of the experts that stay in the model (or use mode='fast').")
+        raise ValueError(f"mode='exact' recollects every expert's statistics: pass {argument} (the calibration "
+                         f"batches of the {expected} experts, in the model's order) or use mode='fast'.")
     if len(batches) != expected:
         raise ValueError(f"{argument} has {len(batches)} entries for {expected} experts: pass one list of "
                          "calibration batches per expert, in the model's order.")
 
 
 def _expert_index(stats: RouterStatistics, expert: int | str) -> int:
+    """The index of ``expert`` (an index or a name in ``stats``)."""
     if not isinstance(expert, str):
         return int(expert)
     if expert not in stats.expert_names:
@@ -256,7 +257,8 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _work_dir(dest: Path) -> Path:
-    """The sibling folder in which the replacement of ``dest`` is prepared (same file system, so renames are atomic)."""
+    """The sibling folder in which the replacement of ``dest`` is prepared (same file system, so renames are atomic).
+    ``save_pretrained`` stages its files beside its target, so its leftovers land in here too."""
     return dest.parent / f".{dest.name}.dume-update"
 
 

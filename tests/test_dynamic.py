@@ -1,9 +1,11 @@
 """Adding and removing experts: fast mode equals a from-scratch build when the backbone is held fixed."""
+import os
+
 import pytest
 import torch
 
-from dume_exp import collect_statistics, fit_routers, moe_blocks, upcycle
-from dume_exp.dynamic import add_expert, remove_expert
+from dume_exp import RouterStatistics, collect_statistics, fit_routers, load_upcycled, moe_blocks, upcycle
+from dume_exp.dynamic import STATS_FILE, add_expert, main, remove_expert
 
 from conftest import make_experts, random_batches, tiny_model
 
@@ -80,3 +82,38 @@ def test_dynamic_errors(data):
     assert model.config.dume_moe["num_experts"] == 2 and len(moe_blocks(model)[0].experts) == 2
     with pytest.raises(ValueError, match="mode must be one of"):
         remove_expert(model, stats, "a", mode="slow")
+
+
+def test_inputs_are_checked_before_the_model_changes(data, tmp_path):
+    experts = make_experts(2)
+    model, stats = _from_scratch(experts, data[:2], NAMES[:2])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="No expert named 'z' in the model"):
+        remove_expert(model, stats, "z", progress=False)
+    with pytest.raises(ValueError, match="remaining_batches has 2 entries for 1 experts"):
+        remove_expert(model, stats, "a", mode="exact", remaining_batches=data[:2], progress=False)
+    with pytest.raises(ValueError, match="existing_batches has 1 entries for 2 experts"):
+        add_expert(model, stats, experts[0], data[0], "z", mode="exact", existing_batches=data[:1], progress=False)
+    with pytest.raises(ValueError, match="config.hidden_size differs"):
+        remove_expert(model, stats, "a", removed_model=tiny_model(hidden_size=48), progress=False)
+    small = tiny_model()
+    small.resize_token_embeddings(200)
+    with pytest.raises(ValueError, match="removed_model has 200 vocabulary rows but the model has 300"):
+        remove_expert(model, stats, "a", removed_model=small, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(SystemExit, match="is not a model folder"):
+        main(["remove", "--model", str(tmp_path / "m"), "--out", str(tmp_path), "--expert", "a"])
+
+
+def test_cli_writes_a_new_folder_and_leaves_the_source_alone(data, tmp_path, tiny_tokenizer):
+    model, stats = _from_scratch(make_experts(2), data[:2], NAMES[:2])
+    source, out = tmp_path / "source", tmp_path / "new" / "out"
+    model.save_pretrained(source, tokenizer=tiny_tokenizer)
+    stats.save(source / STATS_FILE)
+    files = sorted(p.name for p in source.iterdir())
+    main(["remove", "--model", str(source), "--out", str(out), "--expert", "a"])
+    assert load_upcycled(out).config.dume_moe["num_experts"] == 1
+    assert RouterStatistics.load(out / STATS_FILE).expert_names == ["b"]
+    assert load_upcycled(source).config.dume_moe["num_experts"] == 2 and sorted(p.name for p in source.iterdir()) == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "source"] and os.listdir(out.parent) == ["out"]

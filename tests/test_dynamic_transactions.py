@@ -255,6 +255,7 @@ def _killed_at(call: int, dest: Path, fallback: bool) -> bool:
     os._exit(0)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="kills a forked copy of the test process")
 @pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "fallback"])
 def test_cli_killed_at_any_step_leaves_the_old_or_the_new_model(saved, dest, fallback):
     """With the exchange the folder is always complete; with the fallback it is after the recovery the CLI runs
