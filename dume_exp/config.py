@@ -88,6 +88,8 @@ class EvalConfig:
     bootstrap_iters: int = checked(at_least(0), default=0)
     bf16: bool = True  # evaluate fp32 models in bf16 (faster on CPUs with native bf16)
     cache: bool = True  # reuse a score when weights, routing, tasks, data and eval knobs are unchanged
+    # execute model-written code (HumanEval) even where bubblewrap cannot isolate it (tables mark such scores)
+    unsafe_code: bool = False
 
 
 @dataclass

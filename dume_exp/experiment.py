@@ -29,6 +29,7 @@ from .report import publish_tables, table_rows, write_report
 from .router_training import RouterTrainingConfig
 from .stats_store import StatisticsStore, tensor_fingerprint
 from .strategies import STRATEGIES, BuildContext, Candidate, RouterConfig, build
+from .tasks.sandbox import ISOLATED, UNISOLATED, SandboxLimits, isolation_problem, require_isolation
 from .tracking import Tracker, tracker
 from .native import NATIVE_MODEL_TYPES, annotate, annotate_saved, is_native
 from .zoo.train import TrainConfig
@@ -101,10 +102,23 @@ def validate(cfg: DictConfig) -> None:
     if cfg.experts.source == "zoo":
         check_zoo(cfg)
     check_domains(cfg)
+    if code_sandbox(cfg) is not None:
+        require_isolation(sandbox_limits(cfg))
     unsaved = sorted(set(cfg.save_models) - set(selected_strategies(cfg)))
     if unsaved:
         raise ValueError(f"save_models names {unsaved}, which this run does not build; choose among the selected "
                          f"strategies {selected_strategies(cfg)}.")
+
+
+def sandbox_limits(cfg: DictConfig) -> SandboxLimits:
+    return SandboxLimits(unsafe_without_isolation=cfg.eval.unsafe_code)
+
+
+def code_sandbox(cfg: DictConfig) -> str | None:
+    """How this run's generated code is executed (``results["code_sandbox"]``): ``None`` when it scores none."""
+    if cfg.eval.suite == "zoo_clm" or "coding" not in cfg.experts.domains:
+        return None
+    return ISOLATED if isolation_problem(sandbox_limits(cfg)) is None else UNISOLATED
 
 
 def check_domains(cfg: DictConfig) -> None:
@@ -280,7 +294,7 @@ def make_batches(tokenizer: Any, texts: list[str], max_len: int, batch_size: int
 def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
     ev = cfg.eval
     common = dict(max_gen_toks=ev.max_gen_toks, protocol=ev.protocol, nltk_data=expert_set.nltk_data,
-                  num_fewshot=ev.num_fewshot, domains=expert_set.domains)
+                  num_fewshot=ev.num_fewshot, domains=expert_set.domains, sandbox=sandbox_limits(cfg))
     langs = list(ev.arc_languages) if ev.arc_languages else None
     if ev.suite == "zoo_clm":
         suite = clm_suite(expert_set.data_dir, expert_set.domains, split=ev.split)
@@ -432,7 +446,7 @@ PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "wr
 # Fields added after results cells were committed, with their defaults: left out of the cell key while they hold
 # these values, so every configuration from before them keeps its key (and its committed cell).
 KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align",
-                        "router.bias": True}
+                        "router.bias": True, "eval.unsafe_code": False}
 
 
 def code_versions() -> dict[str, int]:
@@ -536,6 +550,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "allocator": active_allocator(),
             "n_items": first["n"], "wall_s": time.perf_counter() - start,
             "all_domains": expert_set.all_domains, "statistics_mode": cfg.router.statistics,
+            "code_sandbox": code_sandbox(cfg),
         }
         publish(cfg, results, run_dir, track)
         rows = table_rows(results)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_file, read_checked_json, write_checked_json
+from .tasks.sandbox import UNISOLATED
 
 REFERENCE_PREFIX = "expert:"
 NOT_RANKED = {"oracle", "base"}  # the oracle is an upper bound; the base model is a reference
@@ -122,6 +123,8 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         + f"; max samples per domain: {cal['max_samples']}; seeds: {results['seed_list']}."
         + calibration_protocol_note(cal),
     ]
+    if results.get("code_sandbox") == UNISOLATED:
+        lines.append("Coding: model-written code ran WITHOUT operating-system isolation (eval.unsafe_code=true).")
     if results.get("notes"):
         lines += ["", *results["notes"]]
     return "\n".join(lines) + "\n"

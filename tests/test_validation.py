@@ -97,3 +97,24 @@ def test_the_app_reports_a_bad_setting_within_seconds(tmp_path):
     assert proc.returncode != 0
     assert "experts.dtype must be one of ['float32', 'bfloat16', 'float16', 'float64']; got 'float33'" in proc.stderr
     assert_nothing_built(tmp_path)
+
+
+def test_a_machine_that_cannot_isolate_code_stops_the_run_unless_opted_in(fresh, monkeypatch):
+    """Without bubblewrap the coding domain's generated code would run unisolated: refused before any work;
+    ``eval.unsafe_code=true`` lets the run go on (here into the zoo build) and the results record it."""
+    import dume_exp.experiment as experiment
+    from dume_exp.tasks import SandboxLimits, SandboxUnavailable
+
+    def no_bwrap(cfg):
+        return SandboxLimits(bwrap="/nonexistent/bwrap", unsafe_without_isolation=cfg.eval.unsafe_code)
+
+    monkeypatch.setattr(experiment, "sandbox_limits", no_bwrap)
+    args = ("logger=none", f"results_dir={fresh / 'results'}", f"experts.data_dir={fresh / 'data'}")
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap.*eval.unsafe_code=true"):
+        run(compose_app(*args), fresh / "run")
+    assert_nothing_built(fresh)
+    unsafe = compose_app(*args, "eval.unsafe_code=true")
+    assert experiment.code_sandbox(unsafe) == experiment.UNISOLATED
+    with pytest.raises(ZooBuildStarted):
+        run(unsafe, fresh / "run")
+    assert experiment.code_sandbox(compose_app(*args, "experts.domains=[math,instruction]")) is None
