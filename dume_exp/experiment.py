@@ -24,6 +24,7 @@ from .allocator import active_allocator
 from .cache import cache_root, file_sha256, read_cached_json, recipe_key, write_checked_json
 from .config import check_config
 from .evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
+from .integrity import check_finite_parameters
 from .moe import moe_blocks, reset_routing_counts, routing_counts
 from .report import publish_tables, table_rows, write_report
 from .router_training import RouterTrainingConfig
@@ -205,6 +206,8 @@ def load_expert_set(cfg: DictConfig) -> ExpertSet:
         tokenizer.pad_token = tokenizer.eos_token
     texts = calibration_texts(cfg, Path(data_dir), list(ec.domains), tokenizer)  # bad data fails before the models load
     experts = [AutoModelForCausalLM.from_pretrained(str(paths[d]), dtype=dtype).eval() for d in ec.domains]
+    for d, model in zip(ec.domains, experts):  # once, at load: a NaN would otherwise surface as NaN routers
+        check_finite_parameters(model, f"expert {d!r} ({paths[d]})")
     active = list(ec.subset) if ec.subset else list(ec.domains)
     return ExpertSet(experts, list(ec.domains), active, tokenizer, Path(data_dir), nltk_data, provenance, texts, base)
 

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .cache import atomic_file  # noqa: E402
+from .cache import atomic_file, read_checked_json  # noqa: E402
 from .report import table_rows  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def routing_figure(results: dict[str, Any], path: Path, name: str = "dume") -> P
 
 
 def load_cells(folder: Path) -> list[dict[str, Any]]:
-    cells = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+    cells = [read_checked_json(p) for p in sorted(Path(folder).glob("*.json"))]
     if not cells:
         raise FileNotFoundError(f"No results cells (*.json) in {folder}; run the sweep first.")
     return cells

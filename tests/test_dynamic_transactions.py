@@ -234,6 +234,7 @@ def _killed_at(call: int, dest: Path, fallback: bool) -> bool:
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, f"the update failed (status {status})"
         return os.WIFSIGNALED(status)
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork(): a parallel region would hang
     try:
         counter = iter(range(call - 1))
 
