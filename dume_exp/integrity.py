@@ -3,8 +3,8 @@
 One NaN in an expert's weights or in stored statistics makes every ridge router NaN without an error (routing then
 silently sends every token to expert 0), so weights are checked where they enter (:func:`check_finite_parameters`),
 statistics where they are collected and loaded (:func:`nonfinite_statistics`) and routers where they are solved
-(:func:`nonfinite_routers`); each names the expert, the layer and what to do. Each check is one
-``torch.isfinite(...).all()`` per tensor; the location is only worked out once something is wrong.
+(:func:`nonfinite_routers`); each names the expert, the layer and what to do. Each check is one sum per
+tensor (:func:`all_finite`); the location is only worked out once something is wrong.
 """
 from __future__ import annotations
 
@@ -19,10 +19,16 @@ class NonFiniteError(ValueError):
     """NaN or inf in weights, router statistics or routers."""
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every entry of ``tensor`` is finite. A NaN or inf entry makes the sum non-finite, so a finite sum
+    (one reduction, no mask) proves it; only a non-finite sum (that, or an overflow) needs the element-wise test."""
+    tensor = tensor.detach()
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def nonfinite_count(tensor: torch.Tensor) -> int:
     """How many entries of ``tensor`` are NaN or ±inf."""
-    finite = torch.isfinite(tensor.detach())
-    return 0 if bool(finite.all()) else int((~finite).sum())
+    return 0 if all_finite(tensor) else int((~torch.isfinite(tensor.detach())).sum())
 
 
 def check_finite_parameters(model: nn.Module, expert: str) -> None:
@@ -38,7 +44,7 @@ def check_finite_parameters(model: nn.Module, expert: str) -> None:
 def _first_nonfinite(per_layer_expert: torch.Tensor) -> tuple[int, int, int] | None:
     """``(layer, expert, count)`` of the first ``[layer, expert]`` slice of a ``[L, D, ...]`` tensor holding NaN or
     inf, or None when all are finite."""
-    if bool(torch.isfinite(per_layer_expert).all()):
+    if all_finite(per_layer_expert):
         return None
     bad = ~torch.isfinite(per_layer_expert.reshape(*per_layer_expert.shape[:2], -1))
     layer, expert = bad.any(-1).nonzero()[0].tolist()
