@@ -103,7 +103,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.experts.source == "zoo":
         check_zoo(cfg)
     check_domains(cfg)
-    if code_sandbox(cfg) is not None:
+    if scores_generated_code(cfg):
         require_isolation(sandbox_limits(cfg))
     unsaved = sorted(set(cfg.save_models) - set(selected_strategies(cfg)))
     if unsaved:
@@ -115,9 +115,14 @@ def sandbox_limits(cfg: DictConfig) -> SandboxLimits:
     return SandboxLimits(unsafe_without_isolation=cfg.eval.unsafe_code)
 
 
+def scores_generated_code(cfg: DictConfig) -> bool:
+    """Whether the run executes model-written code (the coding domain of a reasoning suite)."""
+    return cfg.eval.suite != "zoo_clm" and "coding" in cfg.experts.domains
+
+
 def code_sandbox(cfg: DictConfig) -> str | None:
     """How this run's generated code is executed (``results["code_sandbox"]``): ``None`` when it scores none."""
-    if cfg.eval.suite == "zoo_clm" or "coding" not in cfg.experts.domains:
+    if not scores_generated_code(cfg):
         return None
     return ISOLATED if isolation_problem(sandbox_limits(cfg)) is None else UNISOLATED
 

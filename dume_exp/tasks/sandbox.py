@@ -129,7 +129,7 @@ def _bwrap_command(limits: SandboxLimits, result_fd: int) -> list[str]:
             "--size", scratch, "--perms", "1777", "--tmpfs", "/tmp",
             "--size", scratch, "--perms", "1777", "--tmpfs", INSIDE_ROOT, "--chdir", INSIDE_ROOT,
             "--remount-ro", "/"]
-    for key, value in _environment(INSIDE_ROOT, INSIDE_ROOT).items():
+    for key, value in _environment(INSIDE_ROOT).items():
         cmd += ["--setenv", key, value]
     cmd.append("--")
     if root:  # drop to an unprivileged user with no way back before any of the program's code runs
@@ -138,8 +138,9 @@ def _bwrap_command(limits: SandboxLimits, result_fd: int) -> list[str]:
     return cmd + [binary, "-s", "-S", "-B", INSIDE_GUARD, INSIDE_ROOT, str(result_fd)]
 
 
-def _environment(home: str, tmp: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": home, "TMPDIR": tmp,
+def _environment(folder: str) -> dict[str, str]:
+    """The program's whole environment; ``folder`` (its working folder) is also its home and temporary folder."""
+    return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": folder, "TMPDIR": folder,
             "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}
 
 
@@ -253,7 +254,7 @@ def _run(source: str, limits: SandboxLimits, isolated: bool) -> SandboxResult:
         else:
             cwd = stack.enter_context(_unisolated_folder())
             cmd = [limits.python, "-s", "-S", "-B", str(GUARD), cwd, str(write_end)]
-            env = _environment(cwd, cwd)
+            env = _environment(cwd)
         out, err = stack.enter_context(tempfile.TemporaryFile()), stack.enter_context(tempfile.TemporaryFile())
         start = time.perf_counter()
         try:
