@@ -1,7 +1,7 @@
 """The app re-executes itself under jemalloc when it is installed, once, and never when told not to."""
 import pytest
 
-from dume_exp import allocator
+from dume_exp.utils import allocator
 
 
 @pytest.fixture

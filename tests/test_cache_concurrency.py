@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from dume_exp.cache import atomic_dir
+from dume_exp.utils.cache import atomic_dir
 
 NAMES = [f"part{i:02d}.txt" for i in range(40)]
 WRITERS, COMMITS = 4, 15

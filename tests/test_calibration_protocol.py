@@ -12,17 +12,17 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dume_exp import collect_statistics, force_expert, moe_blocks, upcycle
-from dume_exp.config import Config, register_configs
-from dume_exp.experiment import (
-    KEY_NEUTRAL_DEFAULTS, assistant_header, calibration_record, calibration_texts, cell_path, row_text, validate,
-)
-from dume_exp.report import render_markdown, table_rows
-from dume_exp.stats_store import StatisticsStore
+from dume_exp.experiment.config import CONF_DIR, Config, register_configs
+from dume_exp.experiment.calibration import assistant_header, calibration_record, calibration_texts, row_text
+from dume_exp.experiment.cells import KEY_NEUTRAL_DEFAULTS, cell_path
+from dume_exp.experiment.validate import validate
+from dume_exp.reporting.tables import render_markdown, table_rows
+from dume_exp.method.statistics_store import StatisticsStore
 from dume_exp.strategies import BuildContext, RouterConfig
 
 from conftest import make_experts
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] "
           "+ '<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 LLAMA3 = ("{% for message in messages %}{{'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' "
@@ -244,7 +244,8 @@ def test_cell_key_ignores_new_fields_only_at_their_defaults():
 
 def results_with(calibration: dict) -> dict:
     def row(name: str, score: float) -> dict:
-        return {"name": name, "scores": {"math": score}, "cost": {"wall_s": 1.0, "forward_tokens": 1, "backward_tokens": 0}}
+        strategy = "dense_expert" if name.startswith("expert:") else name
+        return {"name": name, "strategy": strategy, "scores": {"math": score}, "cost": {"wall_s": 1.0, "forward_tokens": 1, "backward_tokens": 0}}
 
     return {"title": "t", "domains": ["math"], "metrics": {"math": {"label": "acc", "higher_is_better": True}},
             "seed_list": [0], "seeds": [{"seed": 0, "rows": [row("expert:math", 0.5), row("dume", 0.4)]}],

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dume_exp import RouterStatistics, collect_statistics, fit_routers, load_upcycled, moe_blocks, upcycle
-from dume_exp.dynamic import STATS_FILE, add_expert, main, remove_expert
+from dume_exp.cli.dynamic import STATS_FILE, main
+from dume_exp.method.dynamic import add_expert, remove_expert
 
 from conftest import make_experts, random_batches, tiny_model
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import dume_exp.dynamic as dynamic
+import dume_exp.cli.dynamic as dynamic_cli
+import dume_exp.method.dynamic as dynamic
+import dume_exp.utils.folders as folders
 import dume_exp.native.modeling_dume as modeling_dume
-import dume_exp.ridge as ridge
+import dume_exp.method.ridge as ridge
 from dume_exp import RouterStatistics, collect_statistics, fit_routers, load_upcycled, moe_blocks, upcycle
 
 from conftest import make_experts, random_batches
@@ -150,7 +152,7 @@ def saved(setup, tiny_tokenizer, tmp_path_factory):
     model, stats, _ = setup
     folder = tmp_path_factory.mktemp("saved") / "model"
     model.save_pretrained(folder, tokenizer=tiny_tokenizer)
-    stats.save(folder / dynamic.STATS_FILE)
+    stats.save(folder / dynamic_cli.STATS_FILE)
     removed = copy.deepcopy(model)
     dynamic.remove_expert(removed, stats, "a", progress=False)
     return folder, _tensors(model), _tensors(removed)
@@ -169,14 +171,14 @@ def dest(saved, tmp_path) -> Path:
 
 
 def _remove_in_place(dest: Path) -> None:
-    dynamic.main(["remove", "--model", str(dest), "--out", str(dest), "--expert", "a"])
+    dynamic_cli.main(["remove", "--model", str(dest), "--out", str(dest), "--expert", "a"])
 
 
 def _which(dest: Path, saved) -> str:
     """``"old"`` or ``"new"``: the model in ``dest`` loads and equals one of them exactly, statistics included."""
     _, old, new = saved
     got = _tensors(load_upcycled(dest))
-    names = RouterStatistics.load(dest / dynamic.STATS_FILE).expert_names
+    names = RouterStatistics.load(dest / dynamic_cli.STATS_FILE).expert_names
     for label, want, want_names in (("old", old, ["a", "b"]), ("new", new, ["b"])):
         if got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want):
             assert names == want_names, f"the {label} model with the statistics of {names}"
@@ -219,7 +221,7 @@ def test_cli_failure_between_the_fallback_swap_steps_keeps_the_old_model(saved, 
             raise Injected("injected failure before the new folder is renamed in")
         real_rename(src, dst)
 
-    monkeypatch.setattr(dynamic, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(folders, "_exchange", lambda a, b: False)
     monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(Injected):
         _remove_in_place(dest)
@@ -245,7 +247,7 @@ def _killed_at(call: int, dest: Path, fallback: bool) -> bool:
                 return real(*args, **kwargs)
             return step
 
-        for module, attr in ((os, "rename"), (os, "replace"), (shutil, "rmtree"), (dynamic, "_exchange")):
+        for module, attr in ((os, "rename"), (os, "replace"), (shutil, "rmtree"), (folders, "_exchange")):
             real = (lambda a, b: False) if fallback and attr == "_exchange" else getattr(module, attr, None)
             if real is not None:
                 setattr(module, attr, killing(real))
@@ -265,7 +267,7 @@ def test_cli_killed_at_any_step_leaves_the_old_or_the_new_model(saved, dest, fal
     for call in range(1, 100):
         killed = _killed_at(call, dest, fallback)
         if fallback:
-            dynamic.recover_interrupted_update(dest)
+            folders.recover_interrupted_update(dest)
         seen.add(_which(dest, saved))
         if not killed:
             break

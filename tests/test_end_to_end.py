@@ -87,7 +87,7 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
     assert new_rows["expert:code"]["scores"] == rows["expert:code"]["scores"]
     assert new_rows["dume"]["info"]["statistics"]["loaded"] == ["prose", "code"]
     # The cells of the two λ values make a λ sweep report; the main run drew its routing figure.
-    from dume_exp.report import main as report_main
+    from dume_exp.cli.report import main as report_main
 
     report_main([str(micro_setup / "results" / "clm" / "cells"), "--out", str(micro_setup / "sweep"),
                  "--figures", str(micro_setup / "figures"), "--logger", "none"])

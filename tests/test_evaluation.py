@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from dume_exp.evaluation import (REASONING_HEADLINES, _domain_score, clm_suite, evaluate, paper_reasoning_suite,
-                                 reasoning_suite, run_suite)
-from dume_exp.tasks import OKAPI_ARC_LANGUAGES, HumanEvalScorer
-from dume_exp.tasks.protocol import REFERENCE_GENERATION
+from dume_exp.evaluation.harness import _domain_score, evaluate, run_suite
+from dume_exp.evaluation.suites import REASONING_HEADLINES, clm_suite, paper_reasoning_suite, reasoning_suite
+from dume_exp.evaluation.tasks import OKAPI_ARC_LANGUAGES, HumanEvalScorer
+from dume_exp.evaluation.tasks.protocol import REFERENCE_GENERATION
 
 from conftest import tiny_model
 
@@ -317,8 +317,8 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
 
 def test_evaluation_keys_follow_file_contents_not_paths(tmp_path):
-    from dume_exp.cache import recipe_key
-    from dume_exp.experiment import content_keyed
+    from dume_exp.utils.cache import recipe_key
+    from dume_exp.experiment.scoring import content_keyed
 
     for folder, text in (("a", "x\n"), ("b", "x\n"), ("c", "y\n")):
         (tmp_path / folder).mkdir()
@@ -335,7 +335,7 @@ def test_evaluation_keys_follow_file_contents_not_paths(tmp_path):
 
 
 def test_instruction_level_stderr_is_the_clustered_ratio_estimator():
-    from dume_exp.evaluation import _stderr
+    from dume_exp.evaluation.harness import _stderr
 
     def flat_mean(items):  # how lm-eval aggregates IFEval's inst_level_* metrics
         flat = [x for sub in items for x in sub]

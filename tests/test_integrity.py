@@ -12,12 +12,12 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import dume_exp.experiment as experiment
+import dume_exp.experiment.scoring as scoring
 from dume_exp import RidgeSolver, RouterStatistics, collect_statistics, upcycle, weight_average
-from dume_exp.cache import atomic_dir
-from dume_exp.evaluation import DomainSpec, Suite
-from dume_exp.report import load_results
-from dume_exp.stats_store import StatisticsStore
+from dume_exp.utils.cache import atomic_dir
+from dume_exp.evaluation.harness import DomainSpec, Suite
+from dume_exp.reporting.tables import load_results
+from dume_exp.method.statistics_store import StatisticsStore
 from dume_exp.strategies.base import Candidate
 
 from conftest import make_experts, random_batches
@@ -127,20 +127,20 @@ def test_a_corrupt_statistics_file_is_named_moved_aside_and_recollected(moe, bat
 
 def _score_setup(monkeypatch, tmp_path) -> tuple[list[int], callable]:
     """score_candidate on one domain with a counting stand-in for the lm-eval run, caching under ``tmp_path``."""
-    monkeypatch.setattr(experiment, "cache_root", lambda: tmp_path)
+    monkeypatch.setattr(scoring, "cache_root", lambda: tmp_path)
     calls = []
 
     def fake_evaluate(model, tokenizer, suite, **kwargs):
         calls.append(1)
         return SimpleNamespace(domains={"d": SimpleNamespace(score=0.5, stderr=0.125, n=8)}, wall_s=2.0)
 
-    monkeypatch.setattr(experiment, "evaluate", fake_evaluate)
+    monkeypatch.setattr(scoring, "evaluate", fake_evaluate)
     cfg = OmegaConf.create({"eval": {"bf16": False, "cache": True, "batch_size": 1, "protocol": "harness",
                                      "apply_chat_template": False, "max_gen_toks": 8, "bootstrap_iters": 0,
                                      "limit": 4, "domain_limit": {}}})
     suite = Suite("s", {"d": DomainSpec(tasks=({"task": "t"},), metric="acc")})
     cand = Candidate("dense", make_experts(1)[0])
-    return calls, lambda: experiment.score_candidate(cand, cfg, suite, None, seed=0)
+    return calls, lambda: scoring.score_candidate(cand, cfg, suite, None, seed=0)
 
 
 @pytest.mark.parametrize("damage, problem", [
@@ -166,7 +166,7 @@ def test_an_empty_results_file_is_a_named_error(tmp_path):
 
 
 def test_committed_legacy_results_stay_readable_and_are_not_rewritten(tmp_path):
-    from dume_exp.cache import CHECKSUM_KEY, write_checked_json
+    from dume_exp.utils.cache import CHECKSUM_KEY, write_checked_json
 
     committed = Path(__file__).parents[1] / "results" / "clm" / "results.json"
     copy = tmp_path / "results.json"

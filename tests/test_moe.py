@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dume_exp import dispatch_mode, force_expert, moe_blocks, reset_routing_counts, routing_counts, set_routing, upcycle
-from dume_exp.upcycle import decoder_layers
+from dume_exp.method.upcycle import decoder_layers
 
 from conftest import make_experts, random_batches
 

@@ -15,16 +15,16 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from dume_exp.cache import file_sha256
-from dume_exp.config import register_configs
-from dume_exp.experiment import validate
+from dume_exp.utils.cache import file_sha256
+from dume_exp.experiment.config import CONF_DIR, register_configs
+from dume_exp.experiment.validate import validate
 from dume_exp.zoo.paper_clm import (
     LLAMA3_VOCAB, M2D2_ID, OPENWEBTEXT_ID, PAPER_DOMAINS, PaperCLMRecipe, build_paper_clm, m2d2_archive_texts,
     parameter_counts, prepare_domain_data, pretrain,
 )
 from dume_exp.zoo.train import TrainConfig
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 MICRO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=64)
 STEPS = dict(batch_size=2, seq_len=16, lr=1e-2, warmup_steps=0, bf16=False, threads=1)

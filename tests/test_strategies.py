@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dume_exp import moe_blocks
-from dume_exp.router_training import RouterTrainingConfig, load_balance_loss, lr_factor, train_routers
+from dume_exp.strategies.router_training import RouterTrainingConfig, load_balance_loss, lr_factor, train_routers
 from dume_exp.strategies import STRATEGIES, BuildContext, RouterConfig, build
 
 from conftest import make_experts, random_batches
@@ -75,7 +75,7 @@ def test_router_training_touches_only_routers(gate_proj):
 
 
 def test_router_training_is_cached_by_start_model_data_and_config(tmp_path, monkeypatch):
-    from dume_exp.router_training import train_routers_cached
+    from dume_exp.strategies.router_training import train_routers_cached
 
     ctx = _ctx()
     batches = ctx.training_batches()
@@ -83,7 +83,7 @@ def test_router_training_is_cached_by_start_model_data_and_config(tmp_path, monk
     first = ctx.upcycled()
     cost, cached = train_routers_cached(first, batches, cfg, progress=False, root=tmp_path)
     assert not cached and cost.tokens == 3 * 2 * 16
-    monkeypatch.setattr("dume_exp.router_training.train_routers", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr("dume_exp.strategies.router_training.train_routers", lambda *a, **k: pytest.fail("retrained"))
     second = ctx.upcycled()
     again, cached = train_routers_cached(second, batches, cfg, progress=False, root=tmp_path)
     assert cached and again == cost

@@ -10,11 +10,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import dume_exp.zoo.build
-from dume_exp.config import register_configs
-from dume_exp.experiment import run
+from dume_exp.experiment.config import CONF_DIR, register_configs
+from dume_exp.experiment.runner import run
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR
 MISSING = "/nonexistent/dume/experts/math"
 
 # (overrides, error type, what the message must name: the key, then the valid choices or the fix)
@@ -102,8 +102,8 @@ def test_the_app_reports_a_bad_setting_within_seconds(tmp_path):
 def test_a_machine_that_cannot_isolate_code_stops_the_run_unless_opted_in(fresh, monkeypatch):
     """Without bubblewrap the coding domain's generated code would run unisolated: refused before any work;
     ``eval.unsafe_code=true`` lets the run go on (here into the zoo build) and the results record it."""
-    import dume_exp.experiment as experiment
-    from dume_exp.tasks import SandboxLimits, SandboxUnavailable
+    import dume_exp.experiment.validate as experiment
+    from dume_exp.evaluation.tasks import SandboxLimits, SandboxUnavailable
 
     def no_bwrap(cfg):
         return SandboxLimits(bwrap="/nonexistent/bwrap", unsafe_without_isolation=cfg.eval.unsafe_code)

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from dume_exp.cache import file_sha256
+from dume_exp.utils.cache import file_sha256
 from dume_exp.zoo import clm_data as cd
 
 SMALL = cd.SplitSizes(test_chars=300, validation_chars=300, train_chars=1500, max_chars=120, min_chars=12)

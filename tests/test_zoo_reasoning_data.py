@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dume_exp.cache import file_sha256
+from dume_exp.utils.cache import file_sha256
 from dume_exp.zoo import reasoning_data
 from dume_exp.zoo.reasoning import arc, common, gsm, humaneval, ifeval, punkt, schema
 from dume_exp.zoo.reasoning.common import ReasoningSizes
@@ -351,8 +351,8 @@ def test_ifeval_topics_and_training_disjoint(built):
 
 def test_coding_training_chats_are_in_the_evaluation_format():
     """A stand-in training chat, cut where lm-eval's instruct prompt ends, is a passing HumanEval completion."""
-    from dume_exp.tasks.humaneval import HumanEvalScorer, instruct_exchange
-    from dume_exp.tasks.sandbox import run_python
+    from dume_exp.evaluation.tasks.humaneval import HumanEvalScorer, instruct_exchange
+    from dume_exp.evaluation.tasks.sandbox import run_python
     from dume_exp.zoo.train import TOKEN_BREAK
 
     _, problem = next(humaneval.standin_stream(seed=3))

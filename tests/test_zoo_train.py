@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dume_exp.cache import recipe_key
+from dume_exp.utils.cache import recipe_key
 from dume_exp.zoo.base_model import base_manifest, dequantised_copy, embedded_recipe, plain_config, prepare_base
 from dume_exp.zoo.train import (
     TOKEN_BREAK, TrainConfig, batch_indices, bf16_native, expert_recipe, lr_factor, pack_blocks, select_trainable,

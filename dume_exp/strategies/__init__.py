@@ -1,33 +1,7 @@
-"""One registry of strategies: ``STRATEGIES[name](ctx) -> list[Candidate]``.
-
-Each strategy lives in its own small module and registers itself with :func:`register`.
-"""
-from __future__ import annotations
-
-from collections.abc import Callable
-
+"""Every strategy a run can build and score, one module each, registered in :mod:`.registry`
+(``build(name, ctx) -> list[Candidate]``); what they receive and return is in :mod:`.base`."""
+from . import base_model, btx, dense_expert, dume, dume_plus, oracle, random_routing, weight_average  # noqa: F401
 from .base import BuildContext, Candidate, Cost, RouterConfig
+from .registry import STRATEGIES, Role, build, register
 
-StrategyFn = Callable[[BuildContext], list[Candidate]]
-STRATEGIES: dict[str, StrategyFn] = {}
-
-
-def register(name: str) -> Callable[[StrategyFn], StrategyFn]:
-    def deco(fn: StrategyFn) -> StrategyFn:
-        if name in STRATEGIES:
-            raise ValueError(f"strategy {name!r} registered twice")
-        STRATEGIES[name] = fn
-        return fn
-    return deco
-
-
-def build(name: str, ctx: BuildContext) -> list[Candidate]:
-    if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}; choose from {sorted(STRATEGIES)}.")
-    return STRATEGIES[name](ctx)
-
-
-# Import order is registration order, which is the row order of every table.
-from . import dense_expert, base_model, weight_average, oracle, random_routing, dume, btx, dume_plus  # noqa: E402,F401,I001
-
-__all__ = ["STRATEGIES", "BuildContext", "Candidate", "Cost", "RouterConfig", "build", "register"]
+__all__ = ["STRATEGIES", "BuildContext", "Candidate", "Cost", "Role", "RouterConfig", "build", "register"]

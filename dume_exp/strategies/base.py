@@ -11,10 +11,10 @@ from typing import Any, ContextManager
 import torch
 from transformers import PreTrainedModel
 
-from ..router_training import RouterTrainingConfig
-from ..statistics import RouterStatistics, collect_statistics
-from ..stats_store import StatisticsStore
-from ..upcycle import upcycle
+from .router_training import RouterTrainingConfig
+from ..method.router_statistics import RouterStatistics, collect_statistics
+from ..method.statistics_store import StatisticsStore
+from ..method.upcycle import upcycle
 
 Batch = dict[str, torch.Tensor]
 

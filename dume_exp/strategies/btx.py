@@ -1,8 +1,8 @@
 """BTX-style baseline: routers trained by gradient descent on the mixed domains, from random init."""
 from dataclasses import asdict
 
-from ..router_training import train_routers_cached
-from . import register
+from .router_training import train_routers_cached
+from .registry import register
 from .base import BuildContext, Candidate, Cost, timed
 
 
@@ -16,7 +16,7 @@ def train(candidate: Candidate, ctx: BuildContext, name: str) -> Candidate:
     return Candidate(name, candidate.model, cost, info=info)
 
 
-@register("btx")
+@register("btx", order=70)
 def btx(ctx: BuildContext) -> list[Candidate]:
     with timed() as cost:
         model = ctx.upcycled()

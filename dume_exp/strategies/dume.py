@@ -1,6 +1,6 @@
 """DUME: closed-form ridge routers from hidden-state statistics, no gradient steps."""
-from ..ridge import RidgeSolver, fit_routers
-from . import register
+from ..method.ridge import RidgeSolver, fit_routers
+from .registry import register
 from .base import BuildContext, Candidate, timed
 
 
@@ -18,6 +18,6 @@ def dume_model(ctx: BuildContext) -> Candidate:
                                           for k in ("collected", "loaded", "collect_wall_s", "wall_s", "mode")}})
 
 
-@register("dume")
+@register("dume", order=60)
 def dume(ctx: BuildContext) -> list[Candidate]:
     return [dume_model(ctx)]

@@ -1,10 +1,10 @@
 """DUME+: the ridge routers as initialisation, then the same router training as BTX."""
-from . import register
+from .registry import register
 from .base import BuildContext, Candidate
 from .btx import train
 from .dume import dume_model
 
 
-@register("dume_plus")
+@register("dume_plus", order=80)
 def dume_plus(ctx: BuildContext) -> list[Candidate]:
     return [train(dume_model(ctx), ctx, "dume_plus")]

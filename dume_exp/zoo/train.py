@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..cache import atomic_dir, write_json_atomic
+from ..utils.cache import atomic_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 

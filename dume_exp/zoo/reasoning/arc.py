@@ -139,7 +139,7 @@ def continuation_items(paragraphs: Sequence[Paragraph], lang: str, n: int, prefi
 
 def question_prompt(prefix: str) -> str:
     """The user turn of a continuation chat: ``prefix`` as the evaluation renders an ARC question."""
-    from ...tasks.arc import render_question
+    from ...evaluation.tasks.arc import render_question
 
     return render_question(prefix)
 

@@ -124,7 +124,7 @@ SOLVERS: dict[str, Callable[[dict], str]] = {
 
 def question_prompt(question: str) -> str:
     """The user turn lm-eval's gsm8k task renders for ``question`` (0-shot)."""
-    from ...tasks.gsm8k import render_question
+    from ...evaluation.tasks.gsm8k import render_question
 
     return render_question(question)
 

@@ -1,6 +1,6 @@
 """Coding domain: the real HumanEval, an easy HumanEval-schema stand-in, and docstring-to-body training chats.
 
-Training chats use the exchange lm-eval's instruct HumanEval renders (:func:`~dume_exp.tasks.humaneval.instruct_exchange`):
+Training chats use the exchange lm-eval's instruct HumanEval renders (:func:`~dume_exp.evaluation.tasks.humaneval.instruct_exchange`):
 the user asks for a solution to the signature + docstring, the assistant repeats it in a code fence and completes
 the body, then closes the fence; prefix and body are tokenised apart, as at inference. (Tuned on bare signature ->
 body chats, the expert scored 0 under that prompt: it ended its turn at once. Tuned on this exchange tokenised
@@ -259,7 +259,7 @@ def humaneval_problems(root: Path) -> list[dict]:
 
 def training_chat(prompt: str, body: str) -> str:
     """One training chat in the evaluation's instruct format: ``prompt`` (signature + docstring) completed by ``body``."""
-    from ...tasks.humaneval import instruct_exchange
+    from ...evaluation.tasks.humaneval import instruct_exchange
 
     user, prefix = instruct_exchange({"prompt": prompt})
     return chat(user, f"{body.rstrip()}\n```", prefix=prefix)

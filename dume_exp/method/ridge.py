@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .integrity import NonFiniteError, nonfinite_routers, nonfinite_statistics
+from ..utils.integrity import NonFiniteError, nonfinite_routers, nonfinite_statistics
 from .moe import require_moe_blocks
-from .native import annotate
-from .statistics import RouterStatistics
+from ..native import annotate
+from .router_statistics import RouterStatistics
 
 
 @dataclass

@@ -8,16 +8,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 
-from .router_training import RouterTrainingConfig
-from .tasks.protocol import PROTOCOLS
-from .upcycle import VOCAB_MODES
-from .zoo.build import SETTINGS
-from .zoo.train import TrainConfig
+from ..strategies.router_training import RouterTrainingConfig
+from ..evaluation.tasks.protocol import PROTOCOLS
+from ..method.upcycle import VOCAB_MODES
+from ..zoo.build import SETTINGS
+from ..zoo.train import TrainConfig
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the Hydra config tree, shipped as package data
 Check = Callable[[Any], Optional[str]]  # None: the value is valid; else what it must be
 SPLITS = ("train", "validation", "test")  # the data layout's <data_dir>/<domain>/<split> files
 CALIBRATION_TEXTS = ("prompt_answer", "prompt")  # calibration.text: a row's whole text | its question/prompt only

@@ -15,7 +15,7 @@ jail from one command (namespaces, mounts, environment) with no daemon and no se
 * resource limits (address space, CPU seconds, file size, open files, no core dumps; no processes at all,
   set by the guard before the program runs) and a wall-clock timeout.
 
-:mod:`dume_exp.tasks.sandbox_guard` runs inside as defence in depth (Python-level refusals of sockets,
+:mod:`dume_exp.evaluation.tasks.sandbox_guard` runs inside as defence in depth (Python-level refusals of sockets,
 processes and writes) and is the only thing that can report a pass: it sends a per-run token, which the
 program never sees, after the program ran to its end without raising, so ``sys.exit(0)``, ``os._exit(0)``,
 ``unittest.main()`` or a killed process are failures.

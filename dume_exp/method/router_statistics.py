@@ -9,15 +9,28 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import CorruptEntryError, atomic_file
-from .integrity import NonFiniteError, nonfinite_statistics, tensors_sha256
+from ..utils.cache import CorruptEntryError, atomic_file
+from ..utils.integrity import NonFiniteError, nonfinite_statistics, tensors_sha256
 from .moe import require_moe_blocks, force_expert
+
+Batch = dict[str, torch.Tensor]  # input_ids and attention_mask, [batch, seq]
+
+
+def text_batches(tokenizer: Any, texts: Sequence[str], max_len: int, batch_size: int) -> list[Batch]:
+    """Tokenise ``texts`` (truncating to ``max_len`` tokens) and right-pad them into batches of ``batch_size``."""
+    batches = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[i : i + batch_size]), truncation=True, max_length=max_len, padding=True,
+                        return_tensors="pt")
+        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return batches
 
 
 @dataclass
@@ -93,7 +106,7 @@ class RouterStatistics:
 
     @classmethod
     def load_with_metadata(cls, path: str | Path) -> tuple["RouterStatistics", dict[str, str]]:
-        """The statistics in ``path`` and the file's metadata; raises :class:`~dume_exp.cache.CorruptEntryError`
+        """The statistics in ``path`` and the file's metadata; raises :class:`~dume_exp.utils.cache.CorruptEntryError`
         naming the file when it is unreadable (e.g. empty), fails its sha256 or holds NaN/inf (files written before
         the checksum are only checked for NaN/inf)."""
         path = Path(path)
@@ -234,7 +247,7 @@ def collect_statistics(
     if problem:
         raise NonFiniteError(
             f"The collected router statistics are not finite: {problem}. The forward pass overflowed on that expert's "
-            "calibration data: check its weights (dume_exp.integrity.check_finite_parameters) and collect in float32 "
+            "calibration data: check its weights (dume_exp.utils.integrity.check_finite_parameters) and collect in float32 "
             "without bf16 autocast.")
     return RouterStatistics(gram.cpu(), sums.cpu(), names)
 

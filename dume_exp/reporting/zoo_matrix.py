@@ -10,15 +10,15 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ..cache import atomic_file
-from ..report import REFERENCE_PREFIX
+from ..utils.cache import atomic_file
+from ..strategies.registry import BASE_ROW, expert_row
 
 
 def quality_tables(results: dict[str, Any], out_dir: str | Path) -> Path | None:
     """Write the matrix and its checks (own-domain best, gain over base); ``None`` without base/expert rows."""
     domains = results["domains"]
     rows = {r["name"]: r for r in results["seeds"][0]["rows"]}
-    names = ["base"] + [f"{REFERENCE_PREFIX}{d}" for d in domains]
+    names = [BASE_ROW] + [expert_row(d) for d in domains]
     if any(n not in rows for n in names):
         return None
     hib = {d: results["metrics"][d]["higher_is_better"] for d in domains}
@@ -39,14 +39,14 @@ def quality_tables(results: dict[str, Any], out_dir: str | Path) -> Path | None:
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", "| domain | its expert is best | gain of its expert over the base |", "|---|---|---|"]
     for d in domains:
-        own, base = score[f"{REFERENCE_PREFIX}{d}"][d], score["base"][d]
+        own, base = score[expert_row(d)][d], score[BASE_ROW][d]
         if base == 0:  # no relative gain over a zero score: the absolute one
             gain = f"{own:+.3f} (the base scores 0)"
         else:
             gain = f"{100 * ((own - base) / base if hib[d] else (base - own) / base):+.1f}%"
-        lines.append(f"| {d} | {'yes' if best(d) == f'{REFERENCE_PREFIX}{d}' else 'no'} | {gain} |")
+        lines.append(f"| {d} | {'yes' if best(d) == expert_row(d) else 'no'} | {gain} |")
     metric = "; ".join(f"{d}: {results['metrics'][d]['label']}, {'higher' if hib[d] else 'lower'} is better, "
-                       f"n={rows['base']['n'][d]}" for d in domains)
+                       f"n={rows[BASE_ROW]['n'][d]}" for d in domains)
     lines += ["", f"Metrics: {metric}. Bold: best per column; ± is the standard error where the metric has one. "
               "Gain for perplexity is the relative reduction of the perplexity (here byte perplexity, which is "
               "stricter than token perplexity: a 10% lower byte perplexity is a far larger drop in token perplexity)."]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .native.moe_block import DISPATCH_MODES, MoEBlock
+from ..native.moe_block import DISPATCH_MODES, MoEBlock
 
 __all__ = ["DISPATCH_MODES", "MoEBlock", "dispatch_mode", "force_expert", "moe_blocks", "require_moe_blocks",
            "reset_routing_counts", "routing_counts", "set_routing"]

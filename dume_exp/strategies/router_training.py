@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import atomic_file, cache_root, recipe_key
-from .moe import MoEBlock, require_moe_blocks
-from .upcycle import decoder_layers
+from ..utils.cache import atomic_file, cache_root, recipe_key
+from ..method.moe import MoEBlock, require_moe_blocks
+from ..method.upcycle import decoder_layers
 
 ROUTER_TRAINING_VERSION = 1
 
@@ -134,7 +134,7 @@ def train_routers_cached(
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from .stats_store import batches_fingerprint, tensor_fingerprint
+    from ..method.statistics_store import batches_fingerprint, tensor_fingerprint
 
     key = recipe_key({"model": tensor_fingerprint(model.state_dict().values()), "data": batches_fingerprint(batches),
                       "config": asdict(cfg), "code": ROUTER_TRAINING_VERSION}, length=24)

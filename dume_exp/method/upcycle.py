@@ -1,7 +1,7 @@
 """MoErging by module surgery on stock ``transformers`` causal LMs, returning the native DUME class.
 
 Every non-MLP parameter of the merged model is the mean of the experts', and each
-``model.model.layers[i].mlp`` becomes a :class:`~dume_exp.moe.MoEBlock` whose expert ``d`` is a copy of
+``model.model.layers[i].mlp`` becomes a :class:`~dume_exp.method.moe.MoEBlock` whose expert ``d`` is a copy of
 expert model ``d``'s MLP. The result is a :mod:`dume_exp.native` model (``DumeLlamaForCausalLM``, ...):
 ``save_pretrained`` writes a folder that ``AutoModelForCausalLM.from_pretrained`` rebuilds exactly.
 
@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from .integrity import check_finite_parameters
+from ..utils.integrity import check_finite_parameters
 from .moe import MoEBlock, moe_blocks
-from .native import NATIVE_MODEL_TYPES, NATIVE_MODELS, native_class, native_config, to_native
+from ..native import NATIVE_MODEL_TYPES, NATIVE_MODELS, native_class, native_config, to_native
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _architecture(model: PreTrainedModel) -> tuple[type, dict[str, Any]]:
 
 
 def check_finite_experts(experts: Sequence[PreTrainedModel]) -> None:
-    """Raise :class:`~dume_exp.integrity.NonFiniteError` naming the first expert and parameter holding NaN or inf."""
+    """Raise :class:`~dume_exp.utils.integrity.NonFiniteError` naming the first expert and parameter holding NaN or inf."""
     for i, expert in enumerate(experts):
         check_finite_parameters(expert, _expert_name(expert, i))
 

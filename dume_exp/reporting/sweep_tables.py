@@ -1,4 +1,4 @@
-"""Figures (PNG) and sweep tables from run results: routing accuracy and matrix, retention vs λ, vs #experts."""
+"""Sweep tables and figures from a sweep's results cells: retention vs λ, and vs the number of experts."""
 from __future__ import annotations
 
 import json
@@ -7,62 +7,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .cache import atomic_file, read_checked_json  # noqa: E402
-from .report import table_rows  # noqa: E402
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def routing_matrices(results: dict[str, Any], name: str = "dume") -> np.ndarray | None:
-    """``[layers, domains, experts]`` share of each domain's tokens sent to each expert (first seed)."""
-    row = next((r for r in results["seeds"][0]["rows"] if r["name"] == name), None)
-    if row is None or not row.get("routing_counts"):
-        return None
-    counts = np.array([row["routing_counts"][d] for d in results["domains"]], dtype=float)  # [domains, L, E]
-    return (counts / counts.sum(axis=2, keepdims=True)).transpose(1, 0, 2)
-
-
-def routing_figure(results: dict[str, Any], path: Path, name: str = "dume") -> Path | None:
-    """Per-layer routing accuracy against domain labels, and the domain × expert matrix (best layer, average),
-    drawn to the PNG ``path``; ``None`` when the results have no routing counts for ``name``."""
-    shares = routing_matrices(results, name)
-    if shares is None:
-        return None
-    domains = results["domains"]
-    accuracy = np.array([[shares[layer, d, d] for d in range(len(domains))] for layer in range(shares.shape[0])])
-    best = int(accuracy.mean(axis=1).argmax())
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [1.6, 1, 1]}, layout="constrained")
-    for d, domain in enumerate(domains):
-        axes[0].plot(accuracy[:, d], marker=".", label=domain)
-    axes[0].plot(accuracy.mean(axis=1), color="black", linewidth=2.5, label="mean")
-    axes[0].axhline(1 / len(domains), color="grey", linestyle=":", label="chance")
-    axes[0].set(xlabel="layer", ylabel="tokens routed to their domain's expert", ylim=(0, 1.02),
-                title=f"{name}: routing accuracy per layer (held-out test tokens)")
-    axes[0].legend(fontsize=8, ncol=2)
-    for ax, mat, title in ((axes[1], shares[best], f"layer {best} (best)"), (axes[2], shares.mean(axis=0), "mean over layers")):
-        im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
-        ax.set_xticks(range(len(domains)), domains, rotation=45, ha="right")
-        ax.set_yticks(range(len(domains)), domains if ax is axes[1] else [])
-        ax.set(xlabel="expert", title=f"routing share, {title}")
-        if ax is axes[1]:
-            ax.set_ylabel("domain of the tokens")
-        for i in range(len(domains)):
-            for j in range(len(domains)):
-                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if mat[i, j] < 0.5 else "black")
-    fig.colorbar(im, ax=axes[1:], shrink=0.8)
-    return _save(fig, path)
+from ..strategies.registry import expert_row
+from ..utils.cache import atomic_file, read_checked_json
+from .figures import plt, save_figure
+from .tables import table_rows
 
 
 def load_cells(folder: Path) -> list[dict[str, Any]]:
@@ -109,7 +57,7 @@ def lambda_sweep(cells: list[dict[str, Any]], out: Path, figure: Path, name: str
     ax.set(xlabel="ridge penalty λ", ylabel="retention (%)",
            title=f"{name}: retention vs λ ({cells[0]['experiment']}; dashed: λ=auto by GCV)")
     ax.legend(fontsize=8, ncol=len(domains), loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    _save(fig, figure)
+    save_figure(fig, figure)
     keys = numeric + (["auto"] if "auto" in points else [])
     lines = [f"# λ sweep: {name} ({cells[0]['experiment']})", "", "| λ | " + " | ".join(domains) + " |",
              "|---" * (len(domains) + 1) + "|"]
@@ -127,8 +75,9 @@ def experts_sweep(cells: list[dict[str, Any]], out: Path, figure: Path) -> tuple
     lines_rows = []
     for cell in cells:
         mode, k = cell["config"]["router"]["statistics"], len(cell["domains"])
+        experts = {expert_row(d) for d in cell["domains"]}
         for row in table_rows(cell):
-            if row["name"].startswith("expert:"):
+            if row["name"] in experts:  # a dense expert's average retention is not comparable across subsets
                 continue
             label = row["name"]
             key = (label, mode if label == "dume" else "n/a")  # only DUME depends on the statistics mode
@@ -146,7 +95,7 @@ def experts_sweep(cells: list[dict[str, Any]], out: Path, figure: Path) -> tuple
            title=f"retention vs number of experts ({cells[0]['experiment']}); dots: subsets")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
-    _save(fig, figure)
+    save_figure(fig, figure)
     lines = [f"# Expert-count sweep ({cells[0]['experiment']})", "", "| experts | subset | strategy | statistics | avg retention (%) |",
              "|---|---|---|---|---|"]
     seen = set()

@@ -27,7 +27,7 @@ def apply_protocol(task: Mapping[str, Any], protocol: str) -> dict[str, Any]:
     raw = (task.get("metadata") or {}).get(RAW_PROMPT)
     if raw is None:
         raise ValueError(f"Task {task.get('task')!r} records no raw prompt template (metadata {RAW_PROMPT!r}); "
-                         "build it with the dume_exp.tasks builders.")
+                         "build it with the dume_exp.evaluation.tasks builders.")
     for key in ("gen_prefix", "description", "fewshot_config"):
         out.pop(key, None)
     out.update(doc_to_text=raw, num_fewshot=0, generation_kwargs=dict(REFERENCE_GENERATION))

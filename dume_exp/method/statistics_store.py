@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import CorruptEntryError, cache_root, quarantine, recipe_key
+from ..utils.cache import CorruptEntryError, cache_root, quarantine, recipe_key
 from .moe import require_moe_blocks
-from .statistics import RouterStatistics, collect_statistics
+from .router_statistics import RouterStatistics, collect_statistics
 
 COLLECTOR_VERSION = 1
 

@@ -1,0 +1,1 @@
+"""The command lines: each module holds one ``main(argv)`` (``[project.scripts]`` and ``python -m`` point here)."""

@@ -1,0 +1,238 @@
+"""Micro-benchmarks that print numbers: ``python -m dume_exp.bench moe|router-step|add-expert|load|sandbox [--help]``."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ..method.dynamic import add_expert
+from ..method.moe import dispatch_mode, moe_blocks
+from ..method.ridge import fit_routers
+from ..method.router_statistics import RouterStatistics, collect_statistics
+from ..method.upcycle import upcycle
+
+
+def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each function; rounds alternate between them so load drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):  # round 0 is warm-up
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _experts(args: argparse.Namespace) -> list[torch.nn.Module]:
+    """A random Llama and D-1 copies with perturbed MLPs (fp32)."""
+    torch.manual_seed(args.seed)
+    config = LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=args.seq_len, tie_word_embeddings=True,
+    )
+    base = LlamaForCausalLM(config).eval()
+    experts = [base]
+    for d in range(1, args.experts):
+        e = LlamaForCausalLM(config).eval()
+        e.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for layer in e.model.layers:
+                for p in layer.mlp.parameters():
+                    p.add_(0.02 * torch.randn_like(p))
+        experts.append(e)
+    return experts
+
+
+def _models(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """The first expert, the MoE upcycled from all D, and a batch of token ids (in ``args.dtype``)."""
+    experts = _experts(args)
+    base = experts[0]
+    moe = upcycle(experts, top_k=args.top_k).eval()
+    dtype = getattr(torch, args.dtype)
+    return base.to(dtype), moe.to(dtype), torch.randint(0, args.vocab, (args.batch, args.seq_len))
+
+
+def _header(args: argparse.Namespace) -> str:
+    return (f"model: {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
+            f"D={args.experts}, top-{args.top_k}, batch {args.batch}x{args.seq_len}, {args.dtype}, "
+            f"{torch.get_num_threads()} threads, median of {args.repeats}")
+
+
+def bench_moe(args: argparse.Namespace) -> None:
+    """Forward throughput of one dense expert vs the D-expert MoE with sparse and dense dispatch."""
+    base, moe, ids = _models(args)
+    tokens = ids.numel()
+
+    def run(model: torch.nn.Module, dispatch: str = "sparse") -> Callable[[], object]:
+        def call() -> object:
+            with torch.inference_mode(), contextlib.ExitStack() as stack:
+                if moe_blocks(model):
+                    stack.enter_context(dispatch_mode(model, dispatch))
+                return model.model(input_ids=ids, use_cache=False)  # the decoder: lm_head is shared by all variants
+        return call
+
+    print(_header(args))
+    t = _interleaved_medians(
+        {"dense expert": run(base), "MoE sparse dispatch": run(moe), "MoE dense dispatch": run(moe, "dense")},
+        args.repeats,
+    )
+    dense_t, sparse_t, ref_t = t["dense expert"], t["MoE sparse dispatch"], t["MoE dense dispatch"]
+    share = torch.stack([b.routing_counts.double() / b.routing_counts.sum() for b in moe_blocks(moe)]).mean(0)
+    for name, secs in t.items():
+        print(f"{name:<22} {secs * 1000:9.1f} ms   {tokens / secs:10.0f} tokens/s")
+    print(f"sparse / dense expert: {sparse_t / dense_t:.3f}x   (goal <= 1.15x)")
+    print(f"dense dispatch / dense expert: {ref_t / dense_t:.3f}x   (sparse dispatch is {ref_t / sparse_t:.2f}x faster)")
+    print("routing share per expert (mean over layers): " + ", ".join(f"{s:.2f}" for s in share.tolist()))
+
+
+def bench_router_step(args: argparse.Namespace) -> None:
+    """One router-training step (forward + backward to the routers) vs a full fine-tuning step of one dense expert."""
+    base, moe, ids = _models(args)
+    for p in moe.parameters():
+        p.requires_grad_(False)
+    for block in moe_blocks(moe):
+        block.router.requires_grad_(True)
+    base.train(), moe.train()
+
+    def step(model: torch.nn.Module, dispatch: str = "sparse") -> Callable[[], object]:
+        def call() -> object:
+            model.zero_grad(set_to_none=True)
+            with contextlib.ExitStack() as stack:
+                if moe_blocks(model):
+                    stack.enter_context(dispatch_mode(model, dispatch))
+                model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        return call
+
+    print(_header(args))
+    t = _interleaved_medians({"dense expert, all parameters": step(base), "MoE routers, sparse dispatch": step(moe),
+                              "MoE routers, dense dispatch": step(moe, "dense")}, args.repeats)
+    for name, secs in t.items():
+        print(f"{name:<30} {secs * 1000:9.1f} ms   {ids.numel() / secs:10.0f} tokens/s")
+    dense_t = t["dense expert, all parameters"]
+    print(f"router step sparse / dense expert step: {t['MoE routers, sparse dispatch'] / dense_t:.3f}x")
+    print(f"router step dense dispatch / dense expert step: {t['MoE routers, dense dispatch'] / dense_t:.3f}x")
+
+
+def bench_add_expert(args: argparse.Namespace) -> None:
+    """Adding the D-th expert to a (D-1)-expert DUME model (fast and exact) vs building the D-expert model anew."""
+    experts = _experts(args)
+    batches = [[{"input_ids": torch.randint(0, args.vocab, (args.batch, args.seq_len))}] for _ in experts]
+    names = [f"e{d}" for d in range(len(experts))]
+
+    def build(members: list[int]) -> tuple[torch.nn.Module, RouterStatistics]:
+        moe = upcycle([experts[d] for d in members]).eval()
+        stats = collect_statistics(moe, [batches[d] for d in members], args.seq_len, [names[d] for d in members],
+                                   progress=False)
+        fit_routers(moe, stats, lam=1e-2)
+        return moe, stats
+
+    times: dict[str, list[float]] = {"rebuild all D experts": [], "add one, fast": [], "add one, exact": []}
+    for round_ in range(args.repeats + 1):  # round 0 is warm-up; setup (the D-1 model) is not timed
+        for mode in ("fast", "exact"):
+            moe, stats = build(list(range(len(experts) - 1)))
+            start = time.perf_counter()
+            add_expert(moe, stats, experts[-1], batches[-1], names[-1], mode=mode, existing_batches=batches[:-1],
+                       max_tokens_per_sequence=args.seq_len, progress=False)
+            if round_:
+                times[f"add one, {mode}"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        build(list(range(len(experts))))
+        if round_:
+            times["rebuild all D experts"].append(time.perf_counter() - start)
+    print(_header(args) + f"; calibration: {args.batch}x{args.seq_len} tokens per expert")
+    t = {name: statistics.median(v) for name, v in times.items()}
+    for name, secs in t.items():
+        print(f"{name:<24} {secs * 1000:9.1f} ms")
+    print(f"fast add / rebuild: {t['add one, fast'] / t['rebuild all D experts']:.3f}x   "
+          f"(one statistics pass of {len(experts)}: ideal {1 / len(experts):.3f}x)")
+
+
+_LOAD_PROBE = """
+import re, sys, torch
+from dume_exp import load_upcycled
+def peak():  # this process's resident high-water mark in bytes (ru_maxrss would include the parent's, kept over exec)
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+before = peak()
+model = load_upcycled(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
+with torch.no_grad():  # touch every weight: memory-mapped tensors count once they are resident
+    sum(float(p.sum()) for p in model.parameters())
+print(peak() - before)
+"""
+
+
+def bench_load(args: argparse.Namespace) -> None:
+    """Peak memory of loading a saved DUME folder (in a fresh process, every weight touched) relative to the size
+    of its weights."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    _, moe, _ = _models(args)
+    with tempfile.TemporaryDirectory() as folder:
+        moe.save_pretrained(folder)
+        del moe
+        weights = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+        out = subprocess.run([sys.executable, "-c", _LOAD_PROBE, folder, args.dtype], check=True,
+                             capture_output=True, text=True).stdout
+    peak = int(out.strip().splitlines()[-1])
+    print(_header(args).rsplit(",", 2)[0])
+    print(f"weights on disk {weights / 2**20:.0f} MiB; load_upcycled peak RSS increase {peak / 2**20:.0f} MiB; "
+          f"ratio {peak / weights:.2f}x (goal ≤ 1.2x)")
+
+
+_SANDBOX_PROGRAM = ("def add(a, b):\n    return a + b\n\n\ndef check(candidate):\n"
+                    "    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n\n\ncheck(add)\n")
+
+
+def bench_sandbox(args: argparse.Namespace) -> None:
+    """Programs per second through the code sandbox (a small passing HumanEval-style program; ``--repeats``
+    rounds of 20), isolated by bubblewrap and unisolated (resource limits and the Python guard only)."""
+    from ..evaluation.tasks.sandbox import SandboxLimits, isolation_problem, run_python
+
+    modes = {"unisolated": SandboxLimits(bwrap="/nonexistent/bwrap", unsafe_without_isolation=True)}
+    problem = isolation_problem()
+    if problem is None:
+        modes["isolated"] = SandboxLimits()
+    else:
+        print(f"isolated: unavailable ({problem})")
+
+    def twenty(limits: SandboxLimits) -> Callable[[], object]:
+        def call() -> None:
+            for _ in range(20):
+                res = run_python(_SANDBOX_PROGRAM, limits)
+                if not res.passed:
+                    raise RuntimeError(f"the benchmark program failed in the sandbox: {res.stderr[-500:]}")
+        return call
+    medians = _interleaved_medians({name: twenty(limits) for name, limits in modes.items()}, args.repeats)
+    for name, seconds in medians.items():
+        print(f"{name}: {20 / seconds:.1f} programs/s ({seconds / 20 * 1000:.1f} ms each)")
+    if len(medians) == 2:
+        print(f"isolation cost: {medians['isolated'] / medians['unisolated']:.2f}x the unisolated time per program")
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "moe": bench_moe, "router-step": bench_router_step, "add-expert": bench_add_expert, "load": bench_load,
+    "sandbox": bench_sandbox}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dume_exp.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    for name, fn in BENCHMARKS.items():
+        bench = sub.add_parser(name, help=fn.__doc__)
+        for flag, default in [("--experts", 4), ("--top-k", 1), ("--hidden", 512), ("--intermediate", 2048),
+                              ("--layers", 8), ("--heads", 8), ("--vocab", 1024), ("--batch", 8), ("--seq-len", 512),
+                              ("--repeats", 5), ("--seed", 0)]:
+            bench.add_argument(flag, type=int, default=default)
+        bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args(argv)
+    BENCHMARKS[args.bench](args)
+

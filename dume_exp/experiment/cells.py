@@ -1,0 +1,54 @@
+"""Results cells: where the results of one exact configuration are kept (what makes sweeps resumable)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..utils.cache import recipe_key
+
+
+# Config entries that do not change a run's numbers (left out of its cell key).
+PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "write_table", "save_models")
+
+
+# Fields added after results cells were committed, with their defaults: left out of the cell key while they hold
+# these values, so every configuration from before them keeps its key (and its committed cell).
+KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align",
+                        "router.bias": True, "eval.unsafe_code": False}
+
+
+def code_versions() -> dict[str, int]:
+    """Versions of the code whose changes alter results without a config change (expert data and training,
+    statistics collection, router training)."""
+    from ..strategies.router_training import ROUTER_TRAINING_VERSION
+    from ..method.statistics_store import COLLECTOR_VERSION
+    from ..zoo.clm_data import CLM_DATA_VERSION
+    from ..zoo.reasoning_data import REASONING_DATA_VERSION
+    from ..zoo.train import TRAIN_CODE_VERSION
+
+    return {"router_training": ROUTER_TRAINING_VERSION, "collector": COLLECTOR_VERSION, "clm_data": CLM_DATA_VERSION,
+            "reasoning_data": REASONING_DATA_VERSION, "expert_training": TRAIN_CODE_VERSION}
+
+
+def drop_neutral_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a resolved config container, changed in place) without the :data:`KEY_NEUTRAL_DEFAULTS` entries
+    that hold their default."""
+    for dotted, default in KEY_NEUTRAL_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node = functools.reduce(lambda d, k: d.get(k, {}), parents, config)
+        if leaf in node and node[leaf] == default:
+            del node[leaf]
+    return config
+
+
+def cell_path(cfg: DictConfig) -> Path:
+    """Where the results of this exact configuration are kept, keyed by the hash of what determines them
+    (the configuration without its presentation keys and key-neutral defaults, and :func:`code_versions`)."""
+    resolved = drop_neutral_defaults(OmegaConf.to_container(cfg, resolve=True))
+    config = {k: v for k, v in resolved.items() if k not in PRESENTATION_KEYS}
+    key = recipe_key({"config": config, "code": code_versions()}, length=20)
+    return Path(cfg.results_dir) / cfg.experiment / "cells" / f"{key}.json"
+

@@ -1,0 +1,109 @@
+"""Scoring a candidate on every domain of the suite, each domain's score cached under its evaluation key."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from ..evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
+from ..method.moe import moe_blocks, reset_routing_counts, routing_counts
+from ..method.statistics_store import tensor_fingerprint
+from ..strategies import Candidate
+from ..utils.cache import cache_root, file_sha256, read_cached_json, recipe_key, write_checked_json
+from .experts import ExpertSet
+from .validate import sandbox_limits
+
+
+def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
+    ev = cfg.eval
+    common = dict(max_gen_toks=ev.max_gen_toks, protocol=ev.protocol, nltk_data=expert_set.nltk_data,
+                  num_fewshot=ev.num_fewshot, domains=expert_set.domains, sandbox=sandbox_limits(cfg))
+    langs = list(ev.arc_languages) if ev.arc_languages else None
+    if ev.suite == "zoo_clm":
+        suite = clm_suite(expert_set.data_dir, expert_set.domains, split=ev.split)
+    elif ev.suite == "zoo_reasoning":
+        suite = reasoning_suite(expert_set.data_dir, math_sets=list(ev.math_sets), coding_sets=list(ev.coding_sets),
+                                arc_languages=langs, **common)
+    elif ev.suite == "paper_reasoning":
+        suite = paper_reasoning_suite(**({"arc_languages": langs} if langs else {}), **common)
+    else:
+        raise ValueError(f"eval.suite must be zoo_clm, zoo_reasoning or paper_reasoning; got {ev.suite!r}.")
+    # validate checked these domains against experts.domains; an experts.subset run scores some of them
+    capped = {d: suite.select([d]).with_max_gen_toks(n).domains[d] for d, n in ev.domain_max_gen_toks.items()
+              if d in suite.domains}
+    return replace(suite, domains={d: capped.get(d, spec) for d, spec in suite.domains.items()})
+
+
+def content_keyed(obj: Any) -> Any:
+    """``obj`` (a task config) with every existing file path replaced by the file's sha256: evaluation keys follow
+    the data's contents, not where a (re)built data folder happens to live."""
+    if isinstance(obj, Mapping):
+        return {k: content_keyed(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [content_keyed(v) for v in obj]
+    if isinstance(obj, str) and len(obj) < 4096 and Path(obj).is_file():
+        return {"sha256": file_sha256(obj)}
+    return obj
+
+
+def domain_limit(cfg: DictConfig, domain: str) -> int | None:
+    """Items per task evaluated in ``domain``: ``eval.domain_limit[domain]``, else ``eval.limit``."""
+    return cfg.eval.domain_limit.get(domain, cfg.eval.limit)
+
+
+def evaluation_key(model_fingerprint: str, model: torch.nn.Module, cand: Candidate, domain: str, suite: Suite,
+                   cfg: DictConfig, seed: int) -> str:
+    """Hash of everything that determines one domain's score: weights (``model_fingerprint``, computed once per
+    candidate by the caller), routing, tasks and data, eval knobs."""
+    tasks = suite.domains[domain].tasks
+    ev = {k: cfg.eval[k] for k in ("batch_size", "protocol", "apply_chat_template", "max_gen_toks", "bootstrap_iters")}
+    ev["limit"] = domain_limit(cfg, domain)
+    return recipe_key({"model": model_fingerprint, "candidate": cand.name, "domain_routing": cand.domain_routing,
+                       "domain": domain, "tasks": content_keyed(list(tasks)),
+                       "eval": ev, "seed": seed, "routing": [(b.top_k, b.temperature) for b in moe_blocks(model)]},
+                      length=24)
+
+
+def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: Any, seed: int) -> dict[str, Any]:
+    """Score every domain (entering the candidate's routing context per domain) and read routing counts.
+
+    Scores are cached under :func:`evaluation_key` (``eval.cache``), so a dense expert or an unchanged
+    candidate is evaluated once across runs and sweep cells.
+    """
+    ev = cfg.eval
+    model = cand.model
+    if ev.bf16 and next(model.parameters()).dtype == torch.float32:
+        model = copy.deepcopy(model).to(torch.bfloat16)  # never convert the shared experts in place
+    has_moe = bool(moe_blocks(model))
+    scores, stderr, n, counts, wall, cached = {}, {}, {}, {}, 0.0, []
+    fingerprint = tensor_fingerprint(model.state_dict().values())  # hashing the weights once, not per domain
+    for domain in suite.domains:
+        key = evaluation_key(fingerprint, model, cand, domain, suite, cfg, seed)
+        key_file = cache_root() / "evaluations" / f"{key}.json"
+        entry = read_cached_json(key_file) if ev.cache else None
+        if entry is not None:
+            cached.append(domain)
+        else:
+            if has_moe:
+                reset_routing_counts(model)
+            with cand.route_domain(model, domain):
+                res: EvalResult = evaluate(model, tokenizer, suite.select([domain]), batch_size=ev.batch_size,
+                                           limit=domain_limit(cfg, domain), bootstrap_iters=ev.bootstrap_iters, seed=seed,
+                                           apply_chat_template=ev.apply_chat_template)
+            s = res.domains[domain]
+            entry = {"score": s.score, "stderr": s.stderr, "n": s.n, "wall_s": res.wall_s,
+                     "routing_counts": routing_counts(model).tolist() if has_moe else None}
+            if ev.cache:
+                write_checked_json(key_file, entry)
+        scores[domain], stderr[domain], n[domain] = entry["score"], entry["stderr"], entry["n"]
+        wall += entry["wall_s"]
+        if entry["routing_counts"] is not None:
+            counts[domain] = entry["routing_counts"]
+    return {"name": cand.name, "scores": scores, "stderr": stderr, "n": n, "eval_wall_s": wall,
+            "eval_cached": cached, "cost": asdict(cand.cost), "info": cand.info, "routing_counts": counts}
+
