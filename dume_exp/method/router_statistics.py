@@ -17,7 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..utils.cache import CorruptEntryError, atomic_file
-from ..utils.integrity import NonFiniteError, nonfinite_statistics, tensors_sha256
+from ..utils.fingerprints import tensors_sha256
+from ..utils.integrity import NonFiniteError, nonfinite_statistics
 from .moe import require_moe_blocks, force_expert
 
 Batch = dict[str, torch.Tensor]  # input_ids and attention_mask, [batch, seq]

@@ -7,33 +7,19 @@ So λ sweeps, repeated runs and added experts load them instead of running forwa
 """
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..utils.cache import CorruptEntryError, cache_root, quarantine, recipe_key
+from ..utils.fingerprints import batches_fingerprint, tensor_fingerprint
 from .moe import require_moe_blocks
 from .router_statistics import RouterStatistics, collect_statistics
 
 COLLECTOR_VERSION = 1
-
-
-def tensor_fingerprint(tensors: Iterable[torch.Tensor]) -> str:
-    """Digest of the tensors' dtypes, shapes and bytes, in order."""
-    h = hashlib.blake2b(digest_size=16)
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, not a copy
-    return h.hexdigest()
-
-
-def batches_fingerprint(batches: Iterable[Mapping[str, torch.Tensor]]) -> str:
-    return tensor_fingerprint(t for b in batches for k in sorted(b) for t in [torch.as_tensor(b[k])])
 
 
 def backbone_fingerprint(model: nn.Module) -> str:

@@ -8,8 +8,7 @@ tensor (:func:`all_finite`); the location is only worked out once something is w
 """
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -68,13 +67,3 @@ def nonfinite_statistics(gram: torch.Tensor, sums: torch.Tensor, names: Sequence
 def nonfinite_routers(weight: torch.Tensor, bias: torch.Tensor, names: Sequence[str]) -> str | None:
     """Where router weights ``[L, D, H]`` and biases ``[L, D]`` (experts ``names``) first hold NaN or inf."""
     return _describe("the router weights", _first_nonfinite(torch.cat([weight, bias[..., None]], -1)), names)
-
-
-def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of named tensors (names, dtypes, shapes and bytes, by name)."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, not a copy
-    return h.hexdigest()
