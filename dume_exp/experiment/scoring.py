@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 
 from ..evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
 from ..method.moe import moe_blocks, reset_routing_counts, routing_counts
-from ..method.statistics_store import tensor_fingerprint
 from ..strategies import Candidate
+from ..utils.fingerprints import tensor_fingerprint
 from ..utils.cache import cache_root, file_sha256, read_cached_json, recipe_key, write_checked_json
 from .experts import ExpertSet
 from .validate import sandbox_limits

@@ -134,7 +134,7 @@ def train_routers_cached(
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from ..method.statistics_store import batches_fingerprint, tensor_fingerprint
+    from ..utils.fingerprints import batches_fingerprint, tensor_fingerprint
 
     key = recipe_key({"model": tensor_fingerprint(model.state_dict().values()), "data": batches_fingerprint(batches),
                       "config": asdict(cfg), "code": ROUTER_TRAINING_VERSION}, length=24)
