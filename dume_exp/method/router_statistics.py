@@ -195,15 +195,8 @@ def collect_statistics(
     columns) counts, the forward pass still using the batch's attention mask; token counts then include the pads.
     """
     blocks = require_moe_blocks(model)
-    num_experts, hidden = blocks[0].num_experts, blocks[0].router.in_features
-    experts = list(range(num_experts)) if experts is None else [int(d) for d in experts]
-    if any(not 0 <= d < num_experts for d in experts):
-        raise ValueError(f"experts {experts} out of range: the model has {num_experts} experts.")
-    if len(batches_by_expert) != len(experts):
-        raise ValueError(f"batches_by_expert has {len(batches_by_expert)} entries but {len(experts)} experts are "
-                         f"collected (the model has {num_experts} experts).")
-    if int(max_tokens_per_sequence) < 1:
-        raise ValueError(f"max_tokens_per_sequence must be a positive integer; got {max_tokens_per_sequence}.")
+    hidden = blocks[0].router.in_features
+    experts = _collected_experts(blocks[0].num_experts, experts, len(batches_by_expert), max_tokens_per_sequence)
     names = list(expert_names) if expert_names is not None else [f"expert_{d}" for d in experts]
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -240,8 +233,27 @@ def collect_statistics(
         for h in handles:
             h.remove()
         model.train(was_training)
+    return _checked(gram, sums, names)
+
+
+def _collected_experts(num_experts: int, experts: Sequence[int] | None, num_batch_lists: int,
+                       max_tokens_per_sequence: int) -> list[int]:
+    """The expert indices a collection covers, after checking them against the model and the batch lists."""
+    experts = list(range(num_experts)) if experts is None else [int(d) for d in experts]
+    if any(not 0 <= d < num_experts for d in experts):
+        raise ValueError(f"experts {experts} out of range: the model has {num_experts} experts.")
+    if num_batch_lists != len(experts):
+        raise ValueError(f"batches_by_expert has {num_batch_lists} entries but {len(experts)} experts are "
+                         f"collected (the model has {num_experts} experts).")
+    if int(max_tokens_per_sequence) < 1:
+        raise ValueError(f"max_tokens_per_sequence must be a positive integer; got {max_tokens_per_sequence}.")
+    return experts
+
+
+def _checked(gram: torch.Tensor, sums: torch.Tensor, names: list[str]) -> RouterStatistics:
+    """The collected statistics, refused when an expert saw no token or a value is not finite."""
     counts = sums[0, :, -1]
-    empty = [names[slot] for slot in range(len(experts)) if counts[slot] == 0]
+    empty = [names[slot] for slot in range(len(names)) if counts[slot] == 0]
     if empty:
         raise ValueError(f"No calibration tokens for expert(s) {empty}: give every expert at least one non-empty sequence.")
     problem = nonfinite_statistics(gram, sums, names)
