@@ -153,6 +153,7 @@ model.save_pretrained(folder + "_again")
 """
 
 
+@pytest.mark.slow
 def test_remote_code_rebuilds_the_model_where_dume_exp_is_not_installed(tmp_path):
     moe = _fitted("qwen2")
     moe.save_pretrained(tmp_path / "m")

@@ -89,6 +89,7 @@ def test_a_wrong_solution_cannot_fake_a_pass(fake, limits):
     assert scorer(ADD, [FAKES[fake]]) == {"pass@1": 0.0}
 
 
+@pytest.mark.slow
 @needs_isolation
 def test_parity_with_the_reference_harness():
     """All 164 canonical HumanEval solutions pass; each problem with the next problem's solution gets the
