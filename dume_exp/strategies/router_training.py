@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -13,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..utils.cache import atomic_file, cache_root, recipe_key
+from ..utils.schedule import warmup_cosine
 from ..method.moe import MoEBlock, require_moe_blocks
 from ..method.upcycle import decoder_layers
 
@@ -57,10 +57,7 @@ def trainable_router_parameters(model: nn.Module, train_gate_proj: bool = False)
 
 def lr_factor(step: int, cfg: RouterTrainingConfig) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``cfg.steps``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_ratio=cfg.min_lr_ratio)
 
 
 def load_balance_loss(router_logits: list[torch.Tensor], blocks: list[MoEBlock]) -> torch.Tensor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..utils.cache import atomic_dir, write_json_atomic
+from ..utils.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,8 @@ def batch_indices(n_blocks: int, steps: int, batch_size: int, seed: int) -> Iter
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to 1, then cosine decay reaching ``min_lr_ratio`` at the last step."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps - 1)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    """Linear warm-up to 1, then cosine decay reaching ``min_lr_ratio`` at the last step (``cfg.steps - 1``)."""
+    return warmup_cosine(step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps - 1, min_ratio=cfg.min_lr_ratio)
 
 
 def select_trainable(model: torch.nn.Module, trainable: str) -> list[tuple[str, torch.nn.Parameter]]:
