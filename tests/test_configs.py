@@ -93,17 +93,18 @@ def _override_text(value: Any) -> str:
     return str(value)
 
 
-def plain(value: Any) -> Any:
-    """A composed value in the form Hydra's parser gives it (containers as lists/dicts, Enum members by name)."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, Enum):
-        return value.name
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value
+def holds(composed: Any, swept_value: Any) -> bool:
+    """Whether a composed value is the swept value as Hydra's parser gives it (containers as lists and dicts;
+    an Enum member matches its name or its value)."""
+    if isinstance(composed, (DictConfig, ListConfig)):
+        composed = OmegaConf.to_container(composed, resolve=True)
+    if isinstance(composed, Enum):
+        return swept_value in (composed.name, composed.value) or composed == swept_value
+    if isinstance(composed, list) and isinstance(swept_value, list):
+        return len(composed) == len(swept_value) and all(map(holds, composed, swept_value))
+    if isinstance(composed, dict) and isinstance(swept_value, dict):
+        return composed.keys() == swept_value.keys() and all(holds(composed[k], swept_value[k]) for k in composed)
+    return composed == swept_value
 
 
 def test_every_experiment_sweep_and_swept_value_is_enumerated():
@@ -141,5 +142,6 @@ def test_config_composes_and_validates(overrides, expected, isolation_missing, t
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if expected is not None:
         key, value = expected
-        assert plain(OmegaConf.select(cfg, key, throw_on_missing=True)) == value, key
+        composed = OmegaConf.select(cfg, key, throw_on_missing=True)
+        assert holds(composed, value), f"{key}: composed {composed!r}, swept {value!r}"
     validate(cfg)

