@@ -7,6 +7,7 @@ import zipfile
 
 import pytest
 
+from dume_exp.data_layout import load_split
 from dume_exp.utils.cache import file_sha256
 from dume_exp.zoo import clm_data as cd
 
@@ -67,7 +68,7 @@ def test_splits_are_disjoint_by_document_and_sized(tmp_path):
     docs = synthetic_docs(80) + synthetic_docs(80)[:10]  # 10 exact duplicates
     entry = cd.build_domain(tmp_path, docs, seed=0, sizes=SMALL)
     assert entry["preparation"]["duplicate_chunks_dropped"] >= 10
-    texts = {split: cd.load_split(tmp_path.parent, tmp_path.name, split) for split in cd.SPLITS}
+    texts = {split: load_split(tmp_path.parent, tmp_path.name, split) for split in cd.SPLITS}
     ids = {split: doc_ids(t) for split, t in texts.items()}
     assert not ids["test"] & ids["validation"] and not ids["test"] & ids["train"]
     assert not ids["validation"] & ids["train"]
@@ -109,13 +110,7 @@ GERMAN = ("Die Administratoren installieren die Pakete mit dem Werkzeug, das die
 ENGLISH = "This paragraph was not translated and is still written in English, so the filter drops it."
 
 
-def test_html_paragraphs_and_german_filter(tmp_path):
-    html = (f'<html><body><div class="titlepage">Titel</div><div class="para">\n\t\t{GERMAN[:40]}'
-            f'<span class="emphasis"><em>{GERMAN[40:]}</em></span>\n\t</div>'
-            '<div class="para">Befehl: <pre class="screen">$ apt update</pre> fertig &amp; gut</div>'
-            f'<div class="note"><div class="para">{ENGLISH}<div class="url">https://x.org</div></div></div>'
-            '</body></html>')
-    assert cd.html_paragraphs(html) == [GERMAN, "Befehl: fertig & gut", ENGLISH + "https://x.org"]
+def test_handbook_german_filter(tmp_path):
     page = tmp_path / "html" / "a.html"
     page.parent.mkdir()
     page.write_text(f'<div class="para">{GERMAN}</div><div class="para">{ENGLISH}</div>')
@@ -221,12 +216,12 @@ def test_build_clm_data_offline(tmp_path, fake_packages):
         assert entry["sources"][0]["version"] and entry["licence"]
         for split in cd.SPLITS:
             info = entry["splits"][split]
-            texts = cd.load_split(out, domain, split)
+            texts = load_split(out, domain, split)
             assert info["sha256"] == file_sha256(out / domain / f"{split}.jsonl")
             assert info["documents"] == len(texts) and info["chars"] == sum(map(len, texts))
-    german = [t for split in cd.SPLITS for t in cd.load_split(out, "german", split)]
+    german = [t for split in cd.SPLITS for t in load_split(out, "german", split)]
     assert not any("English" in t for t in german)
-    assert not any("Context (1)" in t for t in cd.load_split(out, "biomedical", "train"))
+    assert not any("Context (1)" in t for t in load_split(out, "biomedical", "train"))
 
     again = tmp_path / "cache2"
     assert (cd.build_clm_data(again, seed=0, sizes=BUILD_SIZES, progress=False) / "manifest.json").read_bytes() \
@@ -253,9 +248,3 @@ def test_debian_version_pin_is_checked(tmp_path, fake_packages):
     with pytest.raises(RuntimeError, match="pins 2.15.2-1"):
         cd.build_clm_data(tmp_path, sizes=BUILD_SIZES, progress=False)
 
-
-def test_load_split_errors(tmp_path):
-    with pytest.raises(ValueError, match="split"):
-        cd.load_split(tmp_path, "code", "dev")
-    with pytest.raises(FileNotFoundError, match="build_clm_data"):
-        cd.load_split(tmp_path, "code", "test")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dume_exp.data_layout import read_rows
 from dume_exp.utils.cache import file_sha256
 from dume_exp.zoo import reasoning_data
 from dume_exp.zoo.reasoning import arc, common, gsm, humaneval, ifeval, punkt, schema
@@ -131,7 +132,7 @@ def _manifest(folder: Path) -> dict:
 
 
 def _rows(folder: Path, domain: str, name: str) -> list[dict]:
-    return common.read_jsonl(folder / domain / name)
+    return read_rows(folder / domain / name)
 
 
 def test_chat_seed_and_budget_helpers():

@@ -13,13 +13,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..data_layout import set_names, set_path, split_path
+from ..zoo.domains import CLM_DOMAINS, REASONING_DOMAINS
 from .tasks import (HEADLINE_PERPLEXITY, OKAPI_ARC_LANGUAGES, PASS_AT_1, PERPLEXITY_METRICS, SandboxLimits,
                     apply_protocol, arc_task, gsm8k_task, humaneval_task, ifeval_task, paper_arc_task,
                     paper_gsm8k_task, paper_humaneval_task, paper_ifeval_task, perplexity_task)
 from .tasks.common import with_max_gen_toks
 
-CLM_DOMAINS = ("code", "math", "biomedical", "legal", "german")
-REASONING_DOMAINS = ("math", "multilingual", "coding", "instruction")
 # domain -> (metric, filter); all higher-is-better
 REASONING_HEADLINES = {"math": ("exact_match", "flexible-extract"), "multilingual": ("acc_norm", "none"),
                        "coding": (PASS_AT_1, "none"), "instruction": ("inst_level_strict_acc", "none")}
@@ -84,8 +84,7 @@ def clm_suite(clm_dir: str | Path, domains: Sequence[str] = CLM_DOMAINS, split: 
     """Per-domain perplexity on ``<clm_dir>/<domain>/<split>.jsonl`` (rows ``{"text"}``)."""
     if metric not in PERPLEXITY_METRICS:
         raise ValueError(f"CLM metric must be one of {list(PERPLEXITY_METRICS)}; got {metric!r}.")
-    clm_dir = Path(clm_dir)
-    specs = {d: DomainSpec((perplexity_task(f"dume_ppl_{d}_{split}", clm_dir / d / f"{split}.jsonl"),),
+    specs = {d: DomainSpec((perplexity_task(f"dume_ppl_{d}_{split}", split_path(clm_dir, d, split)),),
                            metric, "none", higher_is_better=False) for d in domains}
     return Suite(f"clm-{split}", specs, apply_chat_template=False)
 
@@ -99,10 +98,11 @@ def _reasoning_suite(name: str, builders: Mapping[str, Callable[[], list[dict[st
     return Suite(name, specs, apply_chat_template=chat).with_protocol(protocol).with_max_gen_toks(max_gen_toks)
 
 
-def _discover_arc_languages(folder: Path) -> list[str]:
-    langs = sorted(p.name.removeprefix("arc_").removesuffix("_test.jsonl") for p in folder.glob("arc_*_test.jsonl"))
+def _discover_arc_languages(root: Path) -> list[str]:
+    langs = [name.removeprefix("arc_") for name in set_names(root, "multilingual") if name.startswith("arc_")]
     if not langs:
-        raise FileNotFoundError(f"No ARC files arc_<lang>_test.jsonl in {folder}; build the reasoning data first.")
+        raise FileNotFoundError(f"No ARC files arc_<lang>_test.jsonl in {root / 'multilingual'}; build the reasoning "
+                                "data first.")
     return langs
 
 
@@ -122,13 +122,13 @@ def reasoning_suite(reasoning_dir: str | Path, *, domains: Sequence[str] = REASO
     """
     root = Path(reasoning_dir)
     builders = {
-        "math": lambda: [gsm8k_task(f"dume_math_{s}", root / "math" / f"{s}_test.jsonl",
-                                    root / "math" / "gsm8k_train.jsonl", num_fewshot) for s in math_sets],
-        "multilingual": lambda: [arc_task(f"dume_arc_{lang}", root / "multilingual" / f"arc_{lang}_test.jsonl")
-                                 for lang in (arc_languages or _discover_arc_languages(root / "multilingual"))],
-        "coding": lambda: [humaneval_task(f"dume_coding_{s}", root / "coding" / f"{s}_test.jsonl",
+        "math": lambda: [gsm8k_task(f"dume_math_{s}", set_path(root, "math", s),
+                                    set_path(root, "math", "gsm8k", "train"), num_fewshot) for s in math_sets],
+        "multilingual": lambda: [arc_task(f"dume_arc_{lang}", set_path(root, "multilingual", f"arc_{lang}"))
+                                 for lang in (arc_languages or _discover_arc_languages(root))],
+        "coding": lambda: [humaneval_task(f"dume_coding_{s}", set_path(root, "coding", s),
                                           instruct=chat, limits=sandbox) for s in coding_sets],
-        "instruction": lambda: [ifeval_task("dume_ifeval", root / "instruction" / "ifeval_test.jsonl",
+        "instruction": lambda: [ifeval_task("dume_ifeval", set_path(root, "instruction", "ifeval"),
                                             nltk_data=nltk_data)],
     }
     return _reasoning_suite("reasoning", builders, domains, max_gen_toks, chat, protocol)

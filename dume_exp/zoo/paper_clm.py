@@ -47,9 +47,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from ..data_layout import SPLITS, load_split, split_path
 from ..utils.cache import atomic_dir, cache_root, recipe_key, write_json_atomic
 from .base_model import base_manifest
-from .clm_data import SPLITS, load_split, write_split
+from .clm_data import write_split
 from .train import TrainConfig, TrainResult, expert_recipe, train_expert
 
 PAPER_CLM_VERSION = 1
@@ -232,7 +233,7 @@ def _write_corpora(out_dir: Path, plan: Mapping[str, tuple[str, str | None, Mapp
         for name, (dataset_id, config_name, budgets) in plan.items():
             (tmp / name).mkdir()
             entries[name] = {"source": {"dataset": dataset_id, "config": config_name}, "splits": {
-                split: write_split(tmp / name / f"{split}.jsonl",
+                split: write_split(split_path(tmp, name, split),
                                    _collect(loader, dataset_id, config_name, split, budget, progress))
                 for split, budget in budgets.items()}}
         manifest = {"key": out_dir.name, "recipe": recipe, "domains": entries}

@@ -24,22 +24,20 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..data_layout import read_rows, split_file, write_rows
 from ..utils.cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
+from .domains import REASONING_DOMAINS
 from .reasoning import arc, gsm, humaneval, ifeval
-from .reasoning.common import BuildContext, DomainData, ReasoningSizes, read_jsonl, write_jsonl
+from .reasoning.common import DataBuildContext, DomainData, ReasoningSizes
 from .reasoning.punkt import PUNKT_WHEEL, build_punkt_tab, nltk_search_path
 from .reasoning.schema import checker_for
 
-__all__ = ["DOMAINS", "REASONING_DATA_VERSION", "ReasoningSizes", "build_punkt_tab", "build_reasoning_data",
+__all__ = ["DOMAIN_BUILDERS", "REASONING_DATA_VERSION", "ReasoningSizes", "build_punkt_tab", "build_reasoning_data",
            "reasoning_recipe"]
 
 REASONING_DATA_VERSION = 4
-DOMAINS: dict[str, Callable[[BuildContext], DomainData]] = {
-    "math": gsm.build,
-    "multilingual": arc.build,
-    "coding": humaneval.build,
-    "instruction": ifeval.build,
-}
+DOMAIN_BUILDERS: dict[str, Callable[[DataBuildContext], DomainData]] = dict(zip(
+    REASONING_DOMAINS, (gsm.build, arc.build, humaneval.build, ifeval.build), strict=True))
 
 
 def reasoning_recipe(seed: int = 0, sizes: ReasoningSizes | None = None) -> dict:
@@ -65,12 +63,12 @@ def reasoning_recipe(seed: int = 0, sizes: ReasoningSizes | None = None) -> dict
 def _write_domain(folder: Path, data: DomainData) -> dict:
     """Write one domain's files, check their schema, and return its manifest entry."""
     folder.mkdir(parents=True)
-    files = {"train.jsonl": [{"text": t} for t in data.train_texts], **data.eval_files}
+    files = {split_file("train"): [{"text": t} for t in data.train_texts], **data.eval_files}
     entry = {"sources": data.sources, "licence": data.licence, "notes": data.notes,
              "train_chars": sum(len(t) for t in data.train_texts), "files": {}}
     for name, rows in files.items():
-        write_jsonl(folder / name, rows)
-        checker_for(name)(read_jsonl(folder / name))
+        write_rows(folder / name, rows)
+        checker_for(name)(read_rows(folder / name))
         entry["files"][name] = {"rows": len(rows), "bytes": (folder / name).stat().st_size,
                                 "sha256": file_sha256(folder / name)}
     return entry
@@ -94,9 +92,9 @@ def build_reasoning_data(root: Path | None = None, *, seed: int = 0, progress: b
 
             if len(nltk.sent_tokenize("Dr. Smith arrived at 5 p.m. today. He left early.")) != 2:
                 raise RuntimeError(f"punkt_tab under {nltk_root} does not split sentences as expected.")
-            ctx = BuildContext(sizes=sizes, seed=seed, root=cache, progress=progress, nltk_data=nltk_root)
+            ctx = DataBuildContext(sizes=sizes, seed=seed, root=cache, progress=progress, nltk_data=nltk_root)
             domains = {}
-            for name, builder in tqdm(DOMAINS.items(), desc="reasoning data", disable=not progress):
+            for name, builder in tqdm(DOMAIN_BUILDERS.items(), desc="reasoning data", disable=not progress):
                 domains[name] = _write_domain(tmp / name, builder(ctx))
         punkt_files = sorted((nltk_root / "tokenizers" / "punkt_tab" / "english").iterdir())
         manifest = {

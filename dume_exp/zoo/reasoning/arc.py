@@ -10,7 +10,6 @@ Training chats ask for a paragraph's continuation in the prompt lm-eval's ARC co
 """
 from __future__ import annotations
 
-import html.parser
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -19,8 +18,10 @@ from random import Random
 
 from tqdm.auto import tqdm
 
+from ...data_layout import set_file
+from ..html_text import html_paragraphs
 from ..sources import fetch_deb
-from .common import BuildContext, DomainData, assert_disjoint, chat, derive_seed, take_chars
+from .common import DataBuildContext, DomainData, assert_disjoint, chat, derive_seed, take_chars
 
 HANDBOOK = "debian-handbook"
 HANDBOOK_VERSION = "11.20220922"  # checked against the fetched .deb's name
@@ -34,44 +35,6 @@ MIN_PARAGRAPH_CHARS = 200
 class Paragraph:
     page: str
     text: str
-
-
-class _ParaExtractor(html.parser.HTMLParser):
-    """Collects the text of DocBook ``<div class="para">`` blocks, skipping ``<pre>`` screens."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.paragraphs: list[str] = []
-        self._divs: list[bool] = []
-        self._buf: list[str] | None = None
-        self._pre = 0
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag == "div":
-            opens = dict(attrs).get("class") == "para" and self._buf is None
-            self._divs.append(opens)
-            if opens:
-                self._buf = []
-        elif tag == "pre":
-            self._pre += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "div" and self._divs and self._divs.pop():
-            self.paragraphs.append(" ".join("".join(self._buf).split()))
-            self._buf = None
-        elif tag == "pre":
-            self._pre -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self._buf is not None and not self._pre:
-            self._buf.append(data)
-
-
-def html_paragraphs(markup: str) -> list[str]:
-    """Whitespace-normalised paragraph texts of one handbook page."""
-    parser = _ParaExtractor()
-    parser.feed(markup)
-    return parser.paragraphs
 
 
 def language_paragraphs(pages: dict[str, str], lang: str) -> list[Paragraph]:
@@ -170,7 +133,7 @@ def read_pages(handbook_root: Path, locale: str) -> dict[str, str]:
     return {f.name: f.read_text(encoding="utf-8") for f in sorted(folder.glob("*.html"))}
 
 
-def build(ctx: BuildContext) -> DomainData:
+def build(ctx: DataBuildContext) -> DomainData:
     """``arc_<lang>_test.jsonl`` per language and continuation-chat training text from the other handbook pages."""
     sizes = ctx.sizes
     unknown = set(sizes.arc_languages) - set(LOCALES)
@@ -192,7 +155,7 @@ def build(ctx: BuildContext) -> DomainData:
         items = continuation_items([p for p in by_lang[lang] if p.page in held], lang, sizes.arc_per_language,
                                    sizes.arc_prefix_words, sizes.arc_choice_words,
                                    derive_seed(ctx.seed, "multilingual", lang, "test"))
-        eval_files[f"arc_{lang}_test.jsonl"] = items
+        eval_files[set_file(f"arc_{lang}")] = items
         train_paras = [p for p in by_lang[lang] if p.page not in held and _opening(p.text) not in test_openings]
         train_texts += training_chats(train_paras, sizes.train_chars // len(langs),
                                       derive_seed(ctx.seed, "multilingual", lang, "train"))

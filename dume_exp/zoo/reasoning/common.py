@@ -1,4 +1,4 @@
-"""Shared pieces of the reasoning-data builders: ChatML text, seeds, JSONL I/O, budgets, disjointness."""
+"""Shared pieces of the reasoning-data builders: ChatML text, seeds, budgets, disjointness, sizes, context."""
 from __future__ import annotations
 
 import hashlib
@@ -66,21 +66,6 @@ def assert_disjoint(train: Iterable[str], test: Iterable[str], what: str) -> Non
                              f"e.g. {leaked[0][:200]!r}.")
 
 
-def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Write rows as UTF-8 JSON lines (keys in the given order); return the row count."""
-    n = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 @dataclass
 class DomainData:
     """What one domain builder returns: training texts, evaluation files (name -> rows) and provenance."""
@@ -114,8 +99,8 @@ class ReasoningSizes:
 
 
 @dataclass(frozen=True)
-class BuildContext:
-    """Everything a domain builder needs: sizes, the run seed, the fetch cache root and a progress switch."""
+class DataBuildContext:
+    """Everything a domain's data builder needs: sizes, the run seed, the fetch cache root and a progress switch."""
 
     sizes: ReasoningSizes
     seed: int

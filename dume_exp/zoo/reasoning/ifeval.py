@@ -22,7 +22,8 @@ from random import Random
 
 from tqdm.auto import tqdm
 
-from .common import BuildContext, DomainData, assert_disjoint, chat, derive_seed
+from ...data_layout import set_file
+from .common import DataBuildContext, DomainData, assert_disjoint, chat, derive_seed
 from .punkt import nltk_search_path
 
 TASKS = (
@@ -408,10 +409,11 @@ def split_topics(seed: int, test_share: float = 0.4) -> tuple[list[str], list[st
     return topics[cut:], topics[:cut]
 
 
-def build(ctx: BuildContext) -> DomainData:
+def build(ctx: DataBuildContext) -> DomainData:
     """``ifeval_test.jsonl`` and verified instruction-following training chats (needs ``ctx.nltk_data``)."""
     if ctx.nltk_data is None:
-        raise ValueError("The instruction domain needs punkt_tab: pass BuildContext(nltk_data=build_punkt_tab(...)).")
+        raise ValueError("The instruction domain needs punkt_tab: pass "
+                         "DataBuildContext(nltk_data=build_punkt_tab(...)).")
     train_topics, test_topics = split_topics(derive_seed(ctx.seed, "instruction", "topics"))
     with nltk_search_path(Path(ctx.nltk_data)):
         rows, tried = training_rows(train_topics, ctx.sizes.train_chars,
@@ -423,7 +425,7 @@ def build(ctx: BuildContext) -> DomainData:
     assert_disjoint(train_texts, [r["prompt"] for r in test], "instruction")
     return DomainData(
         train_texts=train_texts,
-        eval_files={"ifeval_test.jsonl": test},
+        eval_files={set_file("ifeval"): test},
         sources={"lm-eval (IFEval instruction registry and scorer)": version("lm_eval")},
         licence="lm-eval IFEval code: Apache-2.0; prompts and responses: generated here",
         notes={"instruction_types": sorted(kept),
