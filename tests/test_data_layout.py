@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dume_exp import data_layout as layout
+from dume_exp.utils import data_layout as layout
 
 
 def test_file_names_and_paths(tmp_path):

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from dume_exp.data_layout import load_split
+from dume_exp.utils.data_layout import load_split
 from dume_exp.utils.cache import file_sha256
 from dume_exp.zoo import clm_data as cd
 

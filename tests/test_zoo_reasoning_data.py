@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dume_exp.data_layout import read_rows
 from dume_exp.utils.cache import file_sha256
+from dume_exp.utils.data_layout import read_rows
 from dume_exp.zoo import reasoning_data
 from dume_exp.zoo.reasoning import arc, common, gsm, humaneval, ifeval, punkt, schema
 from dume_exp.zoo.reasoning.common import ReasoningSizes

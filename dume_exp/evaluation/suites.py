@@ -13,8 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..data_layout import set_names, set_path, split_path
-from ..zoo.domains import CLM_DOMAINS, REASONING_DOMAINS
+from ..utils.data_layout import CLM_DOMAINS, REASONING_DOMAINS, set_names, set_path, split_path
 from .tasks import (HEADLINE_PERPLEXITY, OKAPI_ARC_LANGUAGES, PASS_AT_1, PERPLEXITY_METRICS, SandboxLimits,
                     apply_protocol, arc_task, gsm8k_task, humaneval_task, ifeval_task, paper_arc_task,
                     paper_gsm8k_task, paper_humaneval_task, paper_ifeval_task, perplexity_task)

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ..data_layout import numbered_rows, split_files
+from ..utils.data_layout import numbered_rows, split_files
 
 
 PROMPT_FIELDS = ("question", "prompt")  # the fields of a row that make its prompt
@@ -53,7 +53,7 @@ def row_text(row: Mapping[str, Any], mode: str, header: Callable[[], str]) -> st
 
 
 def domain_texts(data_dir: Path, domain: str, split: str, mode: str, header: Callable[[], str]) -> list[str]:
-    """Non-blank texts of one domain's split files (:func:`~dume_exp.data_layout.split_files`), one per row
+    """Non-blank texts of one domain's split files (:func:`~dume_exp.utils.data_layout.split_files`), one per row
     (:func:`row_text` with ``mode`` and ``header``)."""
     texts = []
     for f in split_files(data_dir, domain, split):

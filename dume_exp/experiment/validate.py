@@ -103,7 +103,7 @@ def check_domains(cfg: DictConfig) -> None:
 
 def check_zoo(cfg: DictConfig) -> None:
     """The zoo of ``experts.setting`` has an expert for every domain, and ``zoo.*`` is a valid fine-tuning config."""
-    from ..zoo.domains import SETTING_DOMAINS
+    from ..utils.data_layout import SETTING_DOMAINS
 
     built = list(SETTING_DOMAINS[cfg.experts.setting])
     unknown = sorted(set(cfg.experts.domains) - set(built))

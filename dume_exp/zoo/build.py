@@ -8,10 +8,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..data_layout import load_split, split_file
 from ..utils.cache import cache_root, recipe_key
+from ..utils.data_layout import SETTING_DOMAINS, load_split, split_file
 from .base_model import DEFAULT_SPEC, base_manifest, prepare_base
-from .domains import SETTING_DOMAINS
 from .train import TrainConfig, expert_recipe, train_expert
 
 SETTINGS = tuple(SETTING_DOMAINS)

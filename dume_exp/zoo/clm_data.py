@@ -3,7 +3,7 @@
 Each domain is a chain of sources (a registry package, or the running interpreter, plus a small parser turning
 its files into documents). One shared pipeline normalises, chunks, deduplicates and splits the documents of a
 domain and writes ``<dir>/<domain>/{train,validation,test}.jsonl`` (rows ``{"text": ...}``; see
-:mod:`dume_exp.data_layout`) and ``<dir>/manifest.json``.
+:mod:`dume_exp.utils.data_layout`) and ``<dir>/manifest.json``.
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data_layout import SPLITS, split_file, write_rows
-from ..data_layout import load_split  # noqa: F401  (re-exported: the reader docs/data/clm.md shows)
 from ..utils.cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
-from .domains import CLM_DOMAINS
+from ..utils.data_layout import CLM_DOMAINS, SPLITS, split_file, write_rows
+from ..utils.data_layout import load_split  # noqa: F401  (re-exported: the reader docs/data/clm.md shows)
 from .html_text import html_paragraphs
 from .sources import fetch_deb, fetch_wheel, read_from_wheel
 

@@ -47,8 +47,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from ..data_layout import SPLITS, load_split, split_path
 from ..utils.cache import atomic_dir, cache_root, recipe_key, write_json_atomic
+from ..utils.data_layout import SPLITS, load_split, split_path
 from .base_model import base_manifest
 from .clm_data import write_split
 from .train import TrainConfig, TrainResult, expert_recipe, train_expert

@@ -24,9 +24,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data_layout import read_rows, split_file, write_rows
 from ..utils.cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
-from .domains import REASONING_DOMAINS
+from ..utils.data_layout import REASONING_DOMAINS, read_rows, split_file, write_rows
 from .reasoning import arc, gsm, humaneval, ifeval
 from .reasoning.common import DataBuildContext, DomainData, ReasoningSizes
 from .reasoning.punkt import PUNKT_WHEEL, build_punkt_tab, nltk_search_path

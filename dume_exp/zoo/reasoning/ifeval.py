@@ -22,7 +22,7 @@ from random import Random
 
 from tqdm.auto import tqdm
 
-from ...data_layout import set_file
+from ...utils.data_layout import set_file
 from .common import DataBuildContext, DomainData, assert_disjoint, chat, derive_seed
 from .punkt import nltk_search_path
 

@@ -1,4 +1,5 @@
-"""The on-disk layout of domain data, shared by the zoo's builders, the evaluation suites and the calibration.
+"""The on-disk layout of domain data, shared by the zoo's builders, the evaluation suites and the calibration,
+and the domains of the embedded zoo's settings.
 
 A data folder holds one folder per domain of JSON-lines files (one JSON object a line, UTF-8)::
 
@@ -15,7 +16,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .utils.cache import atomic_file
+from .cache import atomic_file
+
+#: The domains of the embedded zoo's settings, in order (its data folders, experts and evaluation suites).
+CLM_DOMAINS: tuple[str, ...] = ("code", "math", "biomedical", "legal", "german")
+REASONING_DOMAINS: tuple[str, ...] = ("math", "multilingual", "coding", "instruction")
+SETTING_DOMAINS: dict[str, tuple[str, ...]] = {"clm": CLM_DOMAINS, "reasoning": REASONING_DOMAINS}
 
 SPLITS = ("train", "validation", "test")
 SUFFIX = ".jsonl"
