@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 
 from dume_exp import collect_statistics, force_expert, moe_blocks, upcycle
 from dume_exp.experiment.config import CONF_DIR, Config, register_configs
@@ -19,6 +20,7 @@ from dume_exp.experiment.validate import validate
 from dume_exp.reporting.tables import render_markdown, table_rows
 from dume_exp.method.statistics_store import StatisticsStore
 from dume_exp.strategies import BuildContext, RouterConfig
+from dume_exp.utils.cache import recipe_key
 
 from conftest import make_experts
 
@@ -120,10 +122,10 @@ def test_store_keys_separate_masked_and_unmasked_statistics(moe64, tiny_tokenize
 
 
 @pytest.mark.parametrize("store", [False, True])
-def test_build_context_statistics_follow_router_mask_padding(tiny_tokenizer, tmp_path, store):
+def test_build_context_statistics_follow_mask_padding(tiny_tokenizer, tmp_path, store):
     batches = padded_batches(tiny_tokenizer, "right")
     ctx = BuildContext(experts=make_experts(2, vocab_size=300), domains=["a", "b"], calibration_batches=lambda: batches,
-                       training_batches=lambda: [], router=RouterConfig(max_tokens_per_sequence=64, mask_padding=False),
+                       training_batches=lambda: [], router=RouterConfig(max_tokens_per_sequence=64), mask_padding=False,
                        progress=False, stats_store=StatisticsStore(tmp_path) if store else None)
     stats, cost, _ = ctx.statistics
     direct = collect_statistics(ctx.upcycled(), batches, 64, progress=False, mask_padding=False)
@@ -196,19 +198,19 @@ def test_prompt_mode_errors_name_the_problem_and_the_fix(tmp_path, tiny_tokenize
 
 # --------------------------------------------------------------------------------------------- config, keys, tables
 
-def test_validate_rejects_bad_protocol_values():
+def test_bad_protocol_values_are_refused():
     validate(calibration_cfg())
     validate(calibration_cfg(text="prompt", mask_padding=False))
-    with pytest.raises(ValueError, match=r"calibration.text must be one of \['prompt_answer', 'prompt'\]"):
-        validate(calibration_cfg(text="question"))
+    with pytest.raises(ValidationError, match=r"Invalid value 'question', expected one of \[prompt_answer, prompt\]"
+                                              r"\n\s+full_key: calibration.text"):
+        calibration_cfg(text="question")
     loose = OmegaConf.create(OmegaConf.to_container(calibration_cfg()))  # structured configs type-check bools first
     loose.calibration.mask_padding = "no"
     with pytest.raises(ValueError, match="calibration.mask_padding must be true or false"):
         validate(loose)
-    cfg = calibration_cfg()
-    cfg.experts.vocab = "truncate"
-    with pytest.raises(ValueError, match=r"experts.vocab must be one of \['align', 'strict'\]"):
-        validate(cfg)
+    with pytest.raises(ValidationError, match=r"Invalid value 'truncate', expected one of \[align, strict\]"
+                                              r"\n\s+full_key: experts.vocab"):
+        calibration_cfg().experts.vocab = "truncate"
 
 
 def compose_config(*overrides: str):
@@ -240,6 +242,20 @@ def test_cell_key_ignores_new_fields_only_at_their_defaults():
     for override in ("calibration.text=prompt", "calibration.mask_padding=false", "experts.vocab=strict"):
         keys.add(cell_path(compose_config("+experiment=reasoning", override)))
     assert len(keys) == 4
+
+
+def test_router_training_keys_cells_as_btx_did():
+    """The group renamed from ``btx`` keys results cells under its old name, and enumerated settings hash as their
+    strings: the keys below were recorded with ``btx.*`` overrides before the rename; the committed reasoning cell
+    keeps its key."""
+    trained = ("steps=5", "lr=0.001", "seq_len=64", "batch_size=2", "load_balance_alpha=0.01")
+    cfg = compose_config("+experiment=reasoning", *(f"router_training.{o}" for o in trained))
+    assert cell_path(cfg).name == "bb38d7e169bf15ebbafa.json"
+    gate = compose_config("+experiment=clm", "router_training.train_gate_proj=true", "router_training.bf16=false")
+    assert cell_path(gate).name == "82b8b5e3211ba7c6f3a4.json"
+    committed = cell_path(compose_config("+experiment=reasoning"))
+    assert committed.name == "b3e3eee805a548780fe6.json" and (Path(__file__).parents[1] / committed).is_file()
+    assert recipe_key({"protocol": cfg.eval.protocol}) == recipe_key({"protocol": "harness"})  # evaluation keys
 
 
 def results_with(calibration: dict) -> dict:

@@ -73,7 +73,8 @@ def test_paper_experiments_compose_with_the_paper_numbers(experiment):
     assert cfg.router.top_k == 1 and cfg.router.lam == pytest.approx(1e-2)
     assert cfg.router.max_tokens_per_sequence == 1024
     assert cfg.calibration.split == "train" and cfg.calibration.max_samples == 2048
-    assert (cfg.btx.steps, cfg.btx.lr, cfg.btx.warmup_steps) == (1000, pytest.approx(1e-4), 10)
+    assert (cfg.router_training.steps, cfg.router_training.lr, cfg.router_training.warmup_steps) == (
+        1000, pytest.approx(1e-4), 10)
     assert cfg.eval.limit is None
 
 

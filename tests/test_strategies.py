@@ -93,6 +93,27 @@ def test_router_training_is_cached_by_start_model_data_and_config(tmp_path, monk
                              progress=False, root=tmp_path)
 
 
+def test_router_training_cache_key_leaves_out_the_batch_shape(tmp_path):
+    """``batch_size`` / ``seq_len`` shape the batches (which the data fingerprint covers): a training's key is the
+    one from before they joined the config, so the trainings cached then are found."""
+    from dume_exp.strategies.router_training import ROUTER_TRAINING_VERSION, train_routers_cached
+    from dume_exp.utils.cache import recipe_key
+    from dume_exp.utils.fingerprints import batches_fingerprint, tensor_fingerprint
+
+    ctx = _ctx()
+    batches = ctx.training_batches()
+    start = ctx.upcycled()
+    old_config = {"steps": 3, "lr": 1e-2, "warmup_steps": 1, "min_lr_ratio": 0.1, "weight_decay": 0.0,
+                  "grad_clip": 1.0, "load_balance_alpha": 0.0, "train_gate_proj": False, "bf16": False}
+    key = recipe_key({"model": tensor_fingerprint(start.state_dict().values()), "data": batches_fingerprint(batches),
+                      "config": old_config, "code": ROUTER_TRAINING_VERSION}, length=24)
+    cost, cached = train_routers_cached(start, batches, RouterTrainingConfig(steps=3, lr=1e-2, warmup_steps=1),
+                                        progress=False, root=tmp_path)
+    assert not cached and [p.name for p in tmp_path.iterdir()] == [f"{key}.safetensors"]
+    reshaped = RouterTrainingConfig(steps=3, lr=1e-2, warmup_steps=1, batch_size=2, seq_len=16)
+    assert train_routers_cached(ctx.upcycled(), batches, reshaped, progress=False, root=tmp_path) == (cost, True)
+
+
 def test_lr_schedule_and_load_balance_loss():
     cfg = RouterTrainingConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)

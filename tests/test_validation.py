@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 
 import dume_exp.zoo.build
 from dume_exp.experiment.config import CONF_DIR, register_configs
@@ -19,8 +20,6 @@ MISSING = "/nonexistent/dume/experts/math"
 
 # (overrides, error type, what the message must name: the key, then the valid choices or the fix)
 BAD = {
-    "suite": (["eval.suite=zoo_reasonin"], ValueError, ["eval.suite", "'zoo_clm', 'zoo_reasoning', 'paper_reasoning'"]),
-    "setting": (["experts.setting=reasonin"], ValueError, ["experts.setting", "'clm', 'reasoning'"]),
     "max_tokens": (["router.max_tokens_per_sequence=0"], ValueError, ["router.max_tokens_per_sequence", "≥ 1"]),
     "seeds": (["seeds=[]"], ValueError, ["seeds", "non-empty list", "null"]),
     "domain_limit": (["+eval.domain_limit.maths=10"], ValueError,
@@ -31,13 +30,29 @@ BAD = {
     "temperature": (["router.temperature=0"], ValueError, ["router.temperature", "finite number > 0"]),
     "plus_key": (["+router.lamb=5"], ValueError, ["'router.lamb'", "valid keys of router", "'lam'"]),
     "lam": (["router.lam=abc"], ValueError, ["router.lam", "'auto'", "'abc'"]),
-    "dtype": (["experts.dtype=float33"], ValueError, ["experts.dtype", "'float32', 'bfloat16'"]),
     "batch_size": (["calibration.batch_size=0"], ValueError, ["calibration.batch_size", "≥ 1"]),
     "limit": (["eval.limit=0"], ValueError, ["eval.limit", "≥ 1"]),
     "zoo_domain": (["experts.domains=[math,maths]", "eval.domain_limit={}"], ValueError,
                    ["experts.domains", "'maths'", "reasoning zoo", "'instruction'"]),
     "folder": (["experts=paper_reasoning", f"experts.models.math={MISSING}"], FileNotFoundError,
                ["experts.models.math", "folder not found", MISSING]),
+    "renamed_group": (["+btx.steps=5"], ValueError, ["'btx' is now 'router_training'", "use router_training.steps"]),
+}
+
+# A bad choice of an enumerated setting fails at compose time: (override, what the error must name: the key, the
+# value, the valid choices)
+BAD_CHOICE = {
+    "experts.source": ("hub", "[zoo, pretrained]"),
+    "experts.setting": ("reasonin", "[clm, reasoning]"),
+    "experts.dtype": ("float33", "[float32, bfloat16, float16, float64]"),
+    "experts.vocab": ("truncate", "[align, strict]"),
+    "eval.suite": ("zoo_clmm", "[zoo_clm, zoo_reasoning, paper_reasoning]"),
+    "eval.split": ("dev", "[train, validation, test]"),
+    "eval.protocol": ("lm_eval", "[harness, reference]"),
+    "router.statistics": ("approx", "[exact, fast]"),
+    "calibration.split": ("tests", "[train, validation, test]"),
+    "calibration.text": ("question", "[prompt_answer, prompt]"),
+    "logger.kind": ("tensorboard", "[wandb, none]"),
 }
 
 
@@ -83,6 +98,23 @@ def test_bad_setting_fails_before_any_work(fresh, name):
     assert_nothing_built(fresh)
 
 
+@pytest.mark.parametrize("key", list(BAD_CHOICE))
+def test_bad_choice_fails_at_compose_time(key):
+    value, choices = BAD_CHOICE[key]
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_app(f"{key}={value}")
+    message = f"{info.value}\n{info.value.__cause__}"
+    assert f"Invalid value '{value}', expected one of {choices}" in message and f"full_key: {key}" in message
+
+
+def test_the_renamed_btx_group_is_refused():
+    """``btx.*`` is ``router_training.*`` now: Hydra refuses ``btx.steps=5`` at compose time (no such key; with
+    ``+btx.steps=5``, validation names ``router_training.steps``: ``BAD["renamed_group"]``)."""
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'btx.steps'"):
+        compose_app("btx.steps=5")
+    assert compose_app("router_training.steps=5").router_training.steps == 5
+
+
 def test_the_app_reports_a_bad_setting_within_seconds(tmp_path):
     """``python -m dume_exp`` itself: the error, no cache, no cell; prints the start-up validation time."""
     env = {**os.environ, "DUME_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"),
@@ -95,7 +127,8 @@ def test_the_app_reports_a_bad_setting_within_seconds(tmp_path):
     wall = time.perf_counter() - start
     print(f"start-up validation: {wall:.1f} s from process start to the error")
     assert proc.returncode != 0
-    assert "experts.dtype must be one of ['float32', 'bfloat16', 'float16', 'float64']; got 'float33'" in proc.stderr
+    assert ("Invalid value 'float33', expected one of [float32, bfloat16, float16, float64]\n    full_key: experts.dtype"
+            in proc.stderr)
     assert_nothing_built(tmp_path)
 
 

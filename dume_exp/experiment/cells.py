@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..utils.cache import recipe_key
+from .config import RENAMED_GROUPS
 
 
 # Config entries that do not change a run's numbers (left out of its cell key).
@@ -44,11 +45,16 @@ def drop_neutral_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+# Renamed config groups keep their old names in the cell key, so every cell from before a rename keeps its key.
+KEY_GROUP_NAMES = {new: old for old, new in RENAMED_GROUPS.items()}
+
+
 def cell_path(cfg: DictConfig) -> Path:
     """Where the results of this exact configuration are kept, keyed by the hash of what determines them
-    (the configuration without its presentation keys and key-neutral defaults, and :func:`code_versions`)."""
-    resolved = drop_neutral_defaults(OmegaConf.to_container(cfg, resolve=True))
-    config = {k: v for k, v in resolved.items() if k not in PRESENTATION_KEYS}
+    (the configuration without its presentation keys and key-neutral defaults, renamed groups under their
+    :data:`KEY_GROUP_NAMES`, and :func:`code_versions`)."""
+    resolved = drop_neutral_defaults(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    config = {KEY_GROUP_NAMES.get(k, k): v for k, v in resolved.items() if k not in PRESENTATION_KEYS}
     key = recipe_key({"config": config, "code": code_versions()}, length=20)
     return Path(cfg.results_dir) / cfg.experiment / "cells" / f"{key}.json"
 

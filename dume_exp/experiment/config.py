@@ -1,52 +1,71 @@
 """Structured-config schemas for the Hydra app, and :func:`check_config`, which holds a composed config to them.
 
-Hydra rejects a misspelt key, but accepts any key added with ``+`` and any string in a switch; the fields' checks
-(``checked``) and :func:`check_config` close both gaps before any work starts.
+OmegaConf rejects a misspelt key and, as the enumerated settings are :class:`~dume_exp.utils.schema.Choice` types,
+a value outside their choices, both at compose time. It accepts any key added with ``+`` and any number in a range
+field; :func:`check_config` closes both gaps (the fields' ``checked`` ranges) before any work starts.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 
-from ..strategies.router_training import RouterTrainingConfig
 from ..evaluation.tasks.protocol import PROTOCOLS
 from ..method.upcycle import VOCAB_MODES
+from ..strategies.base import RouterConfig
+from ..strategies.router_training import RouterTrainingConfig
+from ..utils.schema import Choice, at_least, checked, choice_enum, each_at_least
 from ..zoo.build import SETTINGS
 from ..zoo.train import TrainConfig
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the Hydra config tree, shipped as package data
-Check = Callable[[Any], Optional[str]]  # None: the value is valid; else what it must be
-SPLITS = ("train", "validation", "test")  # the data layout's <data_dir>/<domain>/<split> files
-CALIBRATION_TEXTS = ("prompt_answer", "prompt")  # calibration.text: a row's whole text | its question/prompt only
-DTYPES = ("float32", "bfloat16", "float16", "float64")  # torch floating dtypes the experts load in
+# Config groups renamed since results cells were first keyed: old name -> new name (the old name keys the cells).
+RENAMED_GROUPS = {"btx": "router_training"}
+
+Setting = choice_enum("Setting", SETTINGS, __name__)  # the zoo setting
+VocabMode = choice_enum("VocabMode", VOCAB_MODES, __name__)
+EvalProtocol = choice_enum("EvalProtocol", PROTOCOLS, __name__)
 
 
-def checked(check: Check, **field_kwargs: Any) -> Any:
-    """A schema field whose value :func:`check_config` tests with ``check`` (OmegaConf ignores the metadata)."""
-    return field(metadata={"check": check}, **field_kwargs)
+class Source(Choice):
+    zoo = "zoo"  # the embedded zoo of experts.setting
+    pretrained = "pretrained"  # experts.models: hub ids or local folders
 
 
-def one_of(*choices: str) -> Check:
-    return lambda value: None if value in choices else f"one of {list(choices)}"
+class Dtype(Choice):
+    """The torch floating dtypes the experts load in."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float64 = "float64"
 
 
-def at_least(low: int) -> Check:
-    """≥ ``low``; ``None`` (the field's "unset") passes."""
-    return lambda value: None if value is None or value >= low else f"≥ {low}"
+class EvalSuite(Choice):
+    zoo_clm = "zoo_clm"
+    zoo_reasoning = "zoo_reasoning"
+    paper_reasoning = "paper_reasoning"
 
 
-def each_at_least(low: int) -> Check:
-    """A mapping whose every value is ≥ ``low``."""
-    return lambda value: None if all(v >= low for v in value.values()) else f"a mapping with every value ≥ {low}"
+class Split(Choice):
+    """The data layout's ``<data_dir>/<domain>/<split>`` files."""
+
+    train = "train"
+    validation = "validation"
+    test = "test"
 
 
-def positive_finite(value: float) -> str | None:
-    return None if math.isfinite(value) and value > 0 else "a finite number > 0"
+class CalibrationText(Choice):
+    prompt_answer = "prompt_answer"  # a row's whole text
+    prompt = "prompt"  # its question/prompt only
+
+
+class LoggerKind(Choice):
+    wandb = "wandb"
+    none = "none"
 
 
 def seed_list(value: Any) -> str | None:
@@ -57,28 +76,28 @@ def seed_list(value: Any) -> str | None:
 class ExpertsConfig:
     """Where the experts come from: the embedded zoo, or hub ids / local folders (``models``)."""
 
-    source: str = checked(one_of("zoo", "pretrained"), default="zoo")
-    setting: str = checked(one_of(*SETTINGS), default="reasoning")  # the zoo setting when source=zoo
+    source: Source = Source.zoo
+    setting: Setting = Setting.reasoning  # the zoo setting when source=zoo
     domains: list[str] = field(default_factory=list)
     subset: Optional[list[str]] = None  # run on these domains' experts only (expert-count sweeps)
     models: dict[str, str] = field(default_factory=dict)  # domain -> hub id or folder, source=pretrained
     base: Optional[str] = None  # the experts' common base model (strategy base_model); the zoo sets it
     tokenizer: Optional[str] = None  # defaults to the first expert's
     data_dir: Optional[str] = None  # calibration/evaluation data in the zoo layout; the zoo sets it
-    dtype: str = checked(one_of(*DTYPES), default="float32")
+    dtype: Dtype = Dtype.float32
     # experts whose vocabulary row counts differ: align (merge the shared rows) | strict (refuse)
-    vocab: str = checked(one_of(*VOCAB_MODES), default="align")
+    vocab: VocabMode = VocabMode.align
 
 
 @dataclass
 class EvalConfig:
-    suite: str = checked(one_of("zoo_clm", "zoo_reasoning", "paper_reasoning"), default="zoo_reasoning")
-    split: str = checked(one_of(*SPLITS), default="test")
+    suite: EvalSuite = EvalSuite.zoo_reasoning
+    split: Split = Split.test
     batch_size: int = checked(at_least(1), default=8)
     limit: Optional[int] = checked(at_least(1), default=None)  # items per task (ARC: per language); None: all
     # per-domain overrides of limit, e.g. {math: 100}
     domain_limit: dict[str, int] = checked(each_at_least(1), default_factory=dict)
-    protocol: str = checked(one_of(*PROTOCOLS), default="harness")
+    protocol: EvalProtocol = EvalProtocol.harness
     apply_chat_template: Optional[bool] = None
     max_gen_toks: Optional[int] = checked(at_least(1), default=None)  # cap for every generation task (None: own)
     # per-domain caps, e.g. {instruction: 192}
@@ -95,20 +114,8 @@ class EvalConfig:
 
 
 @dataclass
-class RouterConf:
-    top_k: int = checked(at_least(1), default=1)
-    temperature: float = checked(positive_finite, default=1.0)
-    lam: Any = 1.0e-2  # a float ≥ 0
-    normalize: bool = True
-    max_tokens_per_sequence: int = checked(at_least(1), default=1024)
-    bias: bool = True  # false: ridge routers without the constant feature (bias zero)
-    # with experts.subset: exact (recollect under the subset's backbone) | fast (reuse the full set's)
-    statistics: str = checked(one_of("exact", "fast"), default="exact")
-
-
-@dataclass
 class CalibrationConfig:
-    split: str = checked(one_of(*SPLITS), default="train")  # test needs allow_eval_split
+    split: Split = Split.train  # test needs allow_eval_split
     allow_eval_split: bool = False
     max_samples: int = checked(at_least(1), default=2048)
     batch_size: int = checked(at_least(1), default=8)
@@ -116,19 +123,13 @@ class CalibrationConfig:
     bf16: bool = False  # statistics passes under bf16 autocast (accumulation stays float64)
     # prompt_answer: each row's whole text | prompt: its question/prompt only (a chat transcript up to and including
     # the first assistant header); for router statistics and BTX/DUME+ training alike
-    text: str = checked(one_of(*CALIBRATION_TEXTS), default="prompt_answer")
+    text: CalibrationText = CalibrationText.prompt_answer
     mask_padding: bool = True  # false: the padding positions of each calibration batch enter the router statistics
 
 
 @dataclass
-class BtxConfig(RouterTrainingConfig):
-    batch_size: int = checked(at_least(1), default=8)
-    seq_len: int = checked(at_least(1), default=512)
-
-
-@dataclass
 class LoggerConfig:
-    kind: str = checked(one_of("wandb", "none"), default="wandb")
+    kind: LoggerKind = LoggerKind.wandb
     project: str = "dume_exp"
 
 
@@ -154,9 +155,9 @@ class Config:
     save_models: list[str] = field(default_factory=list)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    router: RouterConf = field(default_factory=RouterConf)
+    router: RouterConfig = field(default_factory=RouterConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    btx: BtxConfig = field(default_factory=BtxConfig)
+    router_training: RouterTrainingConfig = field(default_factory=RouterTrainingConfig)  # BTX and DUME+
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
 
@@ -164,18 +165,24 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
-    for group, node in (("experts", ExpertsConfig), ("eval", EvalConfig), ("router", RouterConf),
+    for group, node in (("experts", ExpertsConfig), ("eval", EvalConfig), ("router", RouterConfig),
                         ("calibration", CalibrationConfig), ("logger", LoggerConfig)):
         cs.store(group=group, name="schema", node=node)
 
 
 def check_config(cfg: Mapping[str, Any], schema: type = Config, prefix: str = "") -> None:
     """Raise ``ValueError`` for a key that ``schema`` lacks (Hydra's ``+key=value`` adds any key) or a value its
-    field's check refuses, naming the key and the valid keys or values; nested schemas are checked in turn."""
+    field's check refuses, naming the key and the valid keys (the new name of a renamed group) or values; nested
+    schemas are checked in turn."""
     hints = get_type_hints(schema)
     known = {f.name: f for f in fields(schema)}
     for key in cfg:
         path = f"{prefix}{key}"
+        if not prefix and key in RENAMED_GROUPS:
+            new = RENAMED_GROUPS[key]
+            keys = list(cfg[key]) if isinstance(cfg[key], Mapping) else ["<key>"]
+            raise ValueError(f"The config group {key!r} is now {new!r}; use "
+                             f"{', '.join(f'{new}.{k}' for k in keys)} instead of {', '.join(f'{key}.{k}' for k in keys)}.")
         if key not in known:
             group = f"of {prefix[:-1]}" if prefix else "at the top level"
             raise ValueError(f"Unknown config key {path!r} (a typo, or a key added with `+` that the schema lacks); "

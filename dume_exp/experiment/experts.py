@@ -67,11 +67,11 @@ def load_expert_set(cfg: DictConfig) -> ExpertSet:
     are checked first (:func:`check_folders`), an environment matter that :func:`validate` leaves here."""
     ec = cfg.experts
     check_folders(ec)
-    dtype = getattr(torch, ec.dtype)
+    dtype = getattr(torch, str(ec.dtype))
     if ec.source == "zoo":
         from ..zoo.build import ensure_zoo
 
-        zoo = ensure_zoo(ec.setting, cfg.zoo, progress=cfg.progress)
+        zoo = ensure_zoo(str(ec.setting), cfg.zoo, progress=cfg.progress)
         paths = {d: zoo.experts[d] for d in ec.domains}
         data_dir, nltk_data, provenance, base = zoo.data_dir, zoo.nltk_data, zoo.manifest, str(zoo.base)
     else:  # pretrained: check_config admits no other source

@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,8 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
     random.seed(seed)
     torch.manual_seed(seed)
     texts = calibration_sample(expert_set.calibration, cfg.calibration.max_samples, seed)
-    tok, r = expert_set.tokenizer, cfg.router
-    btx_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.btx).items() if k not in ("batch_size", "seq_len")}
+    tok, r, training_cfg = expert_set.tokenizer, cfg.router, RouterTrainingConfig(**cfg.router_training)
+    router_cfg = replace(RouterConfig(**r), lam=parse_lambda(r.lam))
 
     def calibration(domains: list[str]) -> list[list[dict[str, torch.Tensor]]]:
         return [text_batches(tok, texts[d], r.max_tokens_per_sequence, cfg.calibration.batch_size) for d in domains]
@@ -64,17 +65,16 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
     def training(domains: list[str]) -> list[dict[str, torch.Tensor]]:
         mixed = [t for d in domains for t in texts[d]]
         random.Random(seed).shuffle(mixed)
-        return text_batches(tok, mixed, cfg.btx.seq_len, cfg.btx.batch_size)
+        return text_batches(tok, mixed, training_cfg.seq_len, training_cfg.batch_size)
 
     def context(domains: list[str], experts: list[PreTrainedModel], parent: BuildContext | None) -> BuildContext:
         return BuildContext(
             experts=experts, domains=domains, calibration_batches=lambda: calibration(domains),
             training_batches=lambda: training(domains),
-            router=RouterConfig(r.top_k, r.temperature, parse_lambda(r.lam), r.normalize, r.max_tokens_per_sequence,
-                                cfg.calibration.bf16, cfg.calibration.mask_padding, r.bias),
-            training=RouterTrainingConfig(**btx_kwargs), seed=seed, progress=cfg.progress,
+            router=router_cfg, training=training_cfg, bf16_autocast=cfg.calibration.bf16,
+            mask_padding=cfg.calibration.mask_padding, seed=seed, progress=cfg.progress,
             stats_store=StatisticsStore() if cfg.calibration.store_statistics else None, parent=parent,
-            base=expert_set.base, vocab=cfg.experts.vocab, tokenizer=tok,
+            base=expert_set.base, vocab=str(cfg.experts.vocab), tokenizer=tok,
         )
 
     subset = expert_set.domains != expert_set.all_domains
@@ -139,7 +139,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return results
     start = time.perf_counter()
     seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     with tracker(cfg.logger.kind, run_dir, resolved, cfg.logger.project, name=run_dir.name,
                  group=cfg.experiment) as track:
@@ -157,7 +157,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "provenance": expert_set.provenance, "suite": suite.name, "protocol": suite.protocol,
             "allocator": active_allocator(),
             "n_items": first["n"], "wall_s": time.perf_counter() - start,
-            "all_domains": expert_set.all_domains, "statistics_mode": cfg.router.statistics,
+            "all_domains": expert_set.all_domains, "statistics_mode": str(cfg.router.statistics),
             "code_sandbox": code_sandbox(cfg),
         }
         publish(cfg, results, run_dir, track)

@@ -21,11 +21,11 @@ from .validate import sandbox_limits
 
 def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
     ev = cfg.eval
-    common = dict(max_gen_toks=ev.max_gen_toks, protocol=ev.protocol, nltk_data=expert_set.nltk_data,
+    common = dict(max_gen_toks=ev.max_gen_toks, protocol=str(ev.protocol), nltk_data=expert_set.nltk_data,
                   num_fewshot=ev.num_fewshot, domains=expert_set.domains, sandbox=sandbox_limits(cfg))
     langs = list(ev.arc_languages) if ev.arc_languages else None
     if ev.suite == "zoo_clm":
-        suite = clm_suite(expert_set.data_dir, expert_set.domains, split=ev.split)
+        suite = clm_suite(expert_set.data_dir, expert_set.domains, split=str(ev.split))
     elif ev.suite == "zoo_reasoning":
         suite = reasoning_suite(expert_set.data_dir, math_sets=list(ev.math_sets), coding_sets=list(ev.coding_sets),
                                 arc_languages=langs, **common)

@@ -43,9 +43,10 @@ def parse_lambda(value: Any) -> float | str:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Fail before any model is loaded or the zoo built: the schema's keys, choices and ranges
-    (:func:`~dume_exp.experiment.config.check_config`), strategy names, λ, the calibration protocol, and the settings that
-    must agree with each other (domains, ``router.top_k``, the zoo's)."""
+    """Fail before any model is loaded or the zoo built: the schema's keys and ranges
+    (:func:`~dume_exp.experiment.config.check_config`; OmegaConf checked the choices at compose time), strategy
+    names, λ, the calibration protocol, and the settings that must agree with each other (domains,
+    ``router.top_k``, the zoo's)."""
     check_config(cfg)
     selected_strategies(cfg)
     parse_lambda(cfg.router.lam)

@@ -15,20 +15,30 @@ from .router_training import RouterTrainingConfig
 from ..method.router_statistics import RouterStatistics, collect_statistics
 from ..method.statistics_store import StatisticsStore
 from ..method.upcycle import upcycle
+from ..utils.schema import Choice, at_least, checked, positive_finite
 
 Batch = dict[str, torch.Tensor]
 
 
+class StatisticsMode(Choice):
+    """Router statistics of an ``experts.subset`` run: recollected under the subset's backbone, or selected from
+    the full set's."""
+
+    exact = "exact"
+    fast = "fast"
+
+
 @dataclass
 class RouterConfig:
-    top_k: int = 1
-    temperature: float = 1.0
-    lam: float | str = 1e-2  # or "auto": per-layer λ by generalised cross-validation
+    """The routers (the ``router`` group of the app's config)."""
+
+    top_k: int = checked(at_least(1), default=1)
+    temperature: float = checked(positive_finite, default=1.0)
+    lam: Any = 1.0e-2  # a number ≥ 0, or "auto": per-layer λ by generalised cross-validation
     normalize: bool = True
-    max_tokens_per_sequence: int = 1024
-    bf16_autocast: bool = False  # statistics forward passes under bf16 autocast
-    mask_padding: bool = True  # False: padding positions enter the statistics (the reference implementation)
+    max_tokens_per_sequence: int = checked(at_least(1), default=1024)
     bias: bool = True  # False: ridge routers without the constant feature (exportable to stock MoE classes)
+    statistics: StatisticsMode = StatisticsMode.exact  # of an experts.subset run (the runner acts on it)
 
 
 @dataclass
@@ -71,6 +81,8 @@ class BuildContext:
     training_batches: Callable[[], list[Batch]]
     router: RouterConfig = field(default_factory=RouterConfig)
     training: RouterTrainingConfig = field(default_factory=RouterTrainingConfig)
+    bf16_autocast: bool = False  # statistics forward passes under bf16 autocast (calibration.bf16)
+    mask_padding: bool = True  # False: padding positions enter the statistics (the reference implementation)
     seed: int = 0
     progress: bool = True
     stats_store: StatisticsStore | None = None
@@ -97,13 +109,13 @@ class BuildContext:
         if self.stats_store is None:
             start = time.perf_counter()
             stats = collect_statistics(model, batches, max_tokens, expert_names=list(self.domains),
-                                       progress=self.progress, bf16_autocast=self.router.bf16_autocast,
-                                       mask_padding=self.router.mask_padding)
+                                       progress=self.progress, bf16_autocast=self.bf16_autocast,
+                                       mask_padding=self.mask_padding)
             wall = time.perf_counter() - start
             report = {"collected": list(self.domains), "loaded": [], "collect_wall_s": wall, "wall_s": wall}
         else:
             stats, report = self.stats_store.statistics(model, batches, max_tokens, list(self.domains), self.progress,
-                                                        self.router.bf16_autocast, self.router.mask_padding)
+                                                        self.bf16_autocast, self.mask_padding)
         return stats, Cost(report["wall_s"], int(stats.token_counts.sum()), 0), report
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..utils.cache import atomic_file, cache_root, recipe_key
+from ..utils.schema import at_least, checked
 from ..utils.schedule import warmup_cosine
 from ..method.moe import MoEBlock, require_moe_blocks
 from ..method.upcycle import decoder_layers
@@ -21,7 +22,8 @@ ROUTER_TRAINING_VERSION = 1
 
 @dataclass
 class RouterTrainingConfig:
-    """Paper defaults (DESIGN.md §5): AdamW lr 1e-4, 1000 steps, 10 warm-up steps, cosine to 0.1·lr, clip 1.0."""
+    """Router training of BTX and DUME+ (the ``router_training`` group of the app's config), with the paper's
+    defaults: AdamW lr 1e-4, 1000 steps, 10 warm-up steps, cosine to 0.1·lr, clip 1.0."""
 
     steps: int = 1000
     lr: float = 1e-4
@@ -32,6 +34,8 @@ class RouterTrainingConfig:
     load_balance_alpha: float = 0.0
     train_gate_proj: bool = False  # reproduces the reference code's `"gate" in name` filter
     bf16: bool = False
+    batch_size: int = checked(at_least(1), default=8)  # sequences per step (the training batches are built so)
+    seq_len: int = checked(at_least(1), default=512)  # tokens per sequence, at most
 
 
 @dataclass
@@ -133,8 +137,11 @@ def train_routers_cached(
 
     from ..utils.fingerprints import batches_fingerprint, tensor_fingerprint
 
+    # batch_size and seq_len shape the batches, which the data fingerprint covers (and keys from before they joined
+    # the config stay valid)
     key = recipe_key({"model": tensor_fingerprint(model.state_dict().values()), "data": batches_fingerprint(batches),
-                      "config": asdict(cfg), "code": ROUTER_TRAINING_VERSION}, length=24)
+                      "config": {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "seq_len")},
+                      "code": ROUTER_TRAINING_VERSION}, length=24)
     path = Path(root) if root is not None else cache_root() / "routers"
     path = path / f"{key}.safetensors"
     params = dict(model.named_parameters())
