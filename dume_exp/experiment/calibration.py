@@ -87,6 +87,6 @@ def calibration_sample(texts: Mapping[str, list[str]], max_samples: int, seed: i
 
 def calibration_record(cal: DictConfig) -> dict[str, Any]:
     """``results["calibration"]``: what the tables say about the router data."""
-    return {"split": cal.split, "max_samples": cal.max_samples, "eval_split_leak": cal.split == "test",
-            "text": cal.text, "mask_padding": cal.mask_padding}
+    return {"split": str(cal.split), "max_samples": cal.max_samples, "eval_split_leak": cal.split == "test",
+            "text": str(cal.text), "mask_padding": cal.mask_padding}
 

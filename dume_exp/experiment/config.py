@@ -17,6 +17,7 @@ from ..evaluation.tasks.protocol import PROTOCOLS
 from ..method.upcycle import VOCAB_MODES
 from ..strategies.base import RouterConfig
 from ..strategies.router_training import RouterTrainingConfig
+from ..utils.data_layout import SPLITS
 from ..utils.schema import Choice, at_least, checked, choice_enum, each_at_least
 from ..zoo.build import SETTINGS
 from ..zoo.train import TrainConfig
@@ -28,6 +29,7 @@ RENAMED_GROUPS = {"btx": "router_training"}
 Setting = choice_enum("Setting", SETTINGS, __name__)  # the zoo setting
 VocabMode = choice_enum("VocabMode", VOCAB_MODES, __name__)
 EvalProtocol = choice_enum("EvalProtocol", PROTOCOLS, __name__)
+Split = choice_enum("Split", SPLITS, __name__)  # the data layout's <data_dir>/<domain>/<split> files
 
 
 class Source(Choice):
@@ -48,14 +50,6 @@ class EvalSuite(Choice):
     zoo_clm = "zoo_clm"
     zoo_reasoning = "zoo_reasoning"
     paper_reasoning = "paper_reasoning"
-
-
-class Split(Choice):
-    """The data layout's ``<data_dir>/<domain>/<split>`` files."""
-
-    train = "train"
-    validation = "validation"
-    test = "test"
 
 
 class CalibrationText(Choice):

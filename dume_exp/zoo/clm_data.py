@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from ..utils.cache import atomic_dir, cache_root, file_sha256, recipe_key, write_json_atomic
 from ..utils.data_layout import CLM_DOMAINS, SPLITS, split_file, write_rows
-from ..utils.data_layout import load_split  # noqa: F401  (re-exported: the reader docs/data/clm.md shows)
 from .html_text import html_paragraphs
 from .sources import fetch_deb, fetch_wheel, read_from_wheel
 

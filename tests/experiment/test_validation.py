@@ -14,7 +14,8 @@ import dume_exp.zoo.build
 from dume_exp.experiment.config import CONF_DIR, register_configs
 from dume_exp.experiment.runner import run
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 CONF = CONF_DIR
 MISSING = "/nonexistent/dume/experts/math"
 
@@ -115,6 +116,7 @@ def test_the_renamed_btx_group_is_refused():
     assert compose_app("router_training.steps=5").router_training.steps == 5
 
 
+@pytest.mark.slow
 def test_the_app_reports_a_bad_setting_within_seconds(tmp_path):
     """``python -m dume_exp`` itself: the error, no cache, no cell; prints the start-up validation time."""
     env = {**os.environ, "DUME_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"),

@@ -17,7 +17,7 @@ from dume_exp.zoo.train import (
     train_expert,
 )
 
-from conftest import tiny_model
+from tests.helpers import tiny_model
 
 TEXTS = ["the cat sat on the mat and the dog sat on the log. " * 6] * 20
 CFG = TrainConfig(steps=20, batch_size=4, seq_len=32, lr=1e-2, warmup_steps=1, seed=0, bf16=False, threads=1)

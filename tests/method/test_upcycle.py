@@ -6,7 +6,7 @@ import torch
 
 from dume_exp import collect_statistics, fit_routers, load_upcycled, moe_blocks, upcycle, weight_average
 
-from conftest import make_experts, random_batches, tiny_model
+from tests.helpers import make_experts, random_batches, tiny_model
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from dume_exp import moe_blocks
 from dume_exp.strategies.router_training import RouterTrainingConfig, load_balance_loss, lr_factor, train_routers
 from dume_exp.strategies import STRATEGIES, BuildContext, RouterConfig, build
 
-from conftest import make_experts, random_batches
+from tests.helpers import make_experts, random_batches
 
 
 def _ctx(steps=4, **training):

@@ -17,10 +17,11 @@ import pytest
 
 from dume_exp.evaluation.tasks.sandbox import SandboxLimits, isolation_problem, run_python
 
+from tests.helpers import REPO
+
 pytestmark = pytest.mark.skipif(bool(isolation_problem()), reason=f"no sandbox isolation: {isolation_problem()}")
 
 LIMITS = SandboxLimits(timeout_s=3.0, memory_mb=256)
-REPO = Path(__file__).resolve().parents[1]
 MARKER = "dume_escape_probe_7f3a"
 
 

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from dume_exp import collect_statistics, fit_routers, load_upcycled, set_routing, upcycle
 from dume_exp.native import annotate_saved
 
-from conftest import make_experts, random_batches
+from tests.helpers import make_experts, random_batches
 
 IDS = random_batches(1, 2, 11, seed=9)[0]["input_ids"]
 

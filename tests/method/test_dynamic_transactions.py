@@ -17,7 +17,7 @@ import dume_exp.native.modeling_dume as modeling_dume
 import dume_exp.method.ridge as ridge
 from dume_exp import RouterStatistics, collect_statistics, fit_routers, load_upcycled, moe_blocks, upcycle
 
-from conftest import make_experts, random_batches
+from tests.helpers import make_experts, random_batches
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*vocabulary rows")
 DATA = [random_batches(1, 2, 10, seed=60 + d) for d in range(3)]

@@ -7,7 +7,7 @@ import torch
 from dume_exp import collect_statistics, fit_routers, shared_vocab_rows, upcycle, weight_average
 from dume_exp.method.dynamic import add_expert
 
-from conftest import make_experts, random_batches, tiny_model
+from tests.helpers import make_experts, random_batches, tiny_model
 
 
 def _padded(model, extra: int = 64):

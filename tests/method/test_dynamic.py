@@ -8,7 +8,7 @@ from dume_exp import RouterStatistics, collect_statistics, fit_routers, load_upc
 from dume_exp.cli.dynamic import STATS_FILE, main
 from dume_exp.method.dynamic import add_expert, remove_expert
 
-from conftest import make_experts, random_batches, tiny_model
+from tests.helpers import make_experts, random_batches, tiny_model
 
 NAMES = ["a", "b", "c"]
 

@@ -17,7 +17,7 @@ from dume_exp.evaluation.suites import REASONING_HEADLINES, clm_suite, paper_rea
 from dume_exp.evaluation.tasks import OKAPI_ARC_LANGUAGES, HumanEvalScorer
 from dume_exp.evaluation.tasks.protocol import REFERENCE_GENERATION
 
-from conftest import tiny_model
+from tests.helpers import tiny_model
 
 CHATML = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
           "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")

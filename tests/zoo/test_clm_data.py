@@ -136,7 +136,7 @@ def test_stdlib_files_leave_out_tests_and_generated(tmp_path):
     for rel in ["a.py", "pkg/b.py", "test/t.py", "pkg/tests/t.py", "idlelib/i.py", "lib2to3/l.py",
                 "site-packages/s.py", "config-3.11-x86_64/c.py", "pkg/notes.txt", "encodings/cp1.py"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(f'"""Codec generated from X with gencodec.py."""\n' if "cp1" in rel else rel)
+        (tmp_path / rel).write_text('"""Codec generated from X with gencodec.py."""\n' if "cp1" in rel else rel)
     assert [p.relative_to(tmp_path).as_posix() for p in cd.stdlib_files(tmp_path)] == [
         "a.py", "encodings/cp1.py", "pkg/b.py"]
     assert list(cd.stdlib_documents(tmp_path)) == ["a.py", "pkg/b.py"]

@@ -5,7 +5,7 @@ import torch
 from dume_exp import dispatch_mode, force_expert, moe_blocks, reset_routing_counts, routing_counts, set_routing, upcycle
 from dume_exp.method.upcycle import decoder_layers
 
-from conftest import make_experts, random_batches
+from tests.helpers import make_experts, random_batches
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -22,7 +22,7 @@ from dume_exp.method.statistics_store import StatisticsStore
 from dume_exp.strategies import BuildContext, RouterConfig
 from dume_exp.utils.cache import recipe_key
 
-from conftest import make_experts
+from tests.helpers import REPO, make_experts
 
 CONF = CONF_DIR
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] "
@@ -254,7 +254,7 @@ def test_router_training_keys_cells_as_btx_did():
     gate = compose_config("+experiment=clm", "router_training.train_gate_proj=true", "router_training.bf16=false")
     assert cell_path(gate).name == "82b8b5e3211ba7c6f3a4.json"
     committed = cell_path(compose_config("+experiment=reasoning"))
-    assert committed.name == "b3e3eee805a548780fe6.json" and (Path(__file__).parents[1] / committed).is_file()
+    assert committed.name == "b3e3eee805a548780fe6.json" and (REPO / committed).is_file()
     assert recipe_key({"protocol": cfg.eval.protocol}) == recipe_key({"protocol": "harness"})  # evaluation keys
 
 

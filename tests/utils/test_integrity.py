@@ -20,7 +20,7 @@ from dume_exp.reporting.tables import load_results
 from dume_exp.method.statistics_store import StatisticsStore
 from dume_exp.strategies.base import Candidate
 
-from conftest import make_experts, random_batches
+from tests.helpers import REPO, make_experts, random_batches
 
 NAMES = ["a", "b"]
 
@@ -168,7 +168,7 @@ def test_an_empty_results_file_is_a_named_error(tmp_path):
 def test_committed_legacy_results_stay_readable_and_are_not_rewritten(tmp_path):
     from dume_exp.utils.cache import CHECKSUM_KEY, write_checked_json
 
-    committed = Path(__file__).parents[1] / "results" / "clm" / "results.json"
+    committed = REPO / "results" / "clm" / "results.json"
     copy = tmp_path / "results.json"
     copy.write_bytes(committed.read_bytes())
     results = load_results(copy)

@@ -6,7 +6,7 @@ import dume_exp.method.statistics_store as store_mod
 from dume_exp import RouterStatistics, collect_statistics, moe_blocks, upcycle
 from dume_exp.method.statistics_store import StatisticsStore
 
-from conftest import make_experts, random_batches
+from tests.helpers import make_experts, random_batches
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from dume_exp import (
     reset_routing_counts, routing_counts, upcycle,
 )
 
-from conftest import make_experts, random_batches
+from tests.helpers import make_experts, random_batches
 
 
 def _rel(a, b) -> float:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_experts, tiny_model
+from tests.helpers import REPO, make_experts, tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test runs the app in a subprocess (20-40 s)
 
 
 @pytest.fixture(scope="module")
