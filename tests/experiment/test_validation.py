@@ -1,6 +1,7 @@
 """Bad settings fail at start-up through the app's own path, naming the key and the fix, before the embedded zoo is
 built, a model loaded or a results cell written."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -153,3 +154,13 @@ def test_a_machine_that_cannot_isolate_code_stops_the_run_unless_opted_in(fresh,
     with pytest.raises(ZooBuildStarted):
         run(unsafe, fresh / "run")
     assert experiment.code_sandbox(compose_app(*args, "experts.domains=[math,instruction]")) is None
+
+
+def test_an_override_of_a_renamed_group_names_the_new_group():
+    from dume_exp.cli.run import refuse_renamed_groups
+
+    refuse_renamed_groups(["+experiment=clm", "router_training.steps=5", "router.lam=0.1"])  # current names pass
+    for override, fix in (("btx.steps=5", "router_training.steps=..."), ("+btx.lr=1e-3", "router_training.lr=..."),
+                          ("btx=default", "router_training=...")):
+        with pytest.raises(SystemExit, match=re.escape(f"write {fix} instead of {override}")):
+            refuse_renamed_groups(["+experiment=clm", override])
