@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for folder in (args.model, args.out):
         recover_interrupted_update(folder)
-    check_replaceable(args.out)
+    try:
+        check_replaceable(args.out)
+    except FileExistsError as err:
+        raise SystemExit(str(err)) from None
     stats_path = args.model / STATS_FILE
     if not stats_path.exists():
         raise SystemExit(f"{stats_path} is missing: save the statistics next to the model "

@@ -40,8 +40,9 @@ def _settings(layout: dict[str, Any], prov: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_model_card(config: Any) -> str:
-    """README.md text: YAML header (base_model, tags, library_name, licence) and the DUME settings."""
+def render_model_card(config: Any, loading: list[str] | None = None) -> str:
+    """README.md text: YAML header (base_model, tags, library_name, licence), the DUME settings and how to load it
+    (``loading``: the lines of that section; default: the native class)."""
     layout = config.dume_moe
     prov = dict(getattr(config, "dume_provenance", None) or {})
     experts = list(prov.get("experts") or [])
@@ -62,8 +63,11 @@ def render_model_card(config: Any) -> str:
         cols = list(retention)
         lines += ["## Retention", "", "Score as a percentage of each domain's own dense expert.", "",
                   *_table(cols, [[retention[c] for c in cols]]), ""]
-    lines += ["## Loading", "", "```python", "from transformers import AutoModelForCausalLM",
-              "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)", "```", "",
-              "The modeling code is saved with the weights (`modeling_dume.py`); with the `dume_exp` package "
-              "imported, `trust_remote_code` is not needed.", ""]
+    lines += ["## Loading", "", *(loading or NATIVE_LOADING), ""]
     return "\n".join(lines)
+
+
+NATIVE_LOADING = ["```python", "from transformers import AutoModelForCausalLM",
+                  "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)", "```", "",
+                  "The modeling code is saved with the weights (`modeling_dume.py`); with the `dume_exp` package "
+                  "imported, `trust_remote_code` is not needed."]

@@ -57,10 +57,11 @@ def _swap_in(new: Path, dest: Path, aside: Path) -> None:
 
 
 def check_replaceable(dest: Path) -> None:
-    """Refuse to replace anything but a missing or empty folder or a saved model folder (one with config.json)."""
+    """Raise ``FileExistsError`` unless ``dest`` is missing, an empty folder or a saved model folder (one with
+    config.json): anything else would be replaced as a whole."""
     if dest.exists() and not (dest.is_dir() and (not any(dest.iterdir()) or (dest / "config.json").exists())):
-        raise SystemExit(f"{dest} exists and is not a model folder; it would be replaced as a whole. Pass a new "
-                         "or empty folder, or a saved model folder.")
+        raise FileExistsError(f"{dest} exists and is not a model folder; it would be replaced as a whole. Pass a new "
+                              "or empty folder, or a saved model folder.")
 
 
 def replace_folder(dest: str | Path, write: Callable[[Path], None]) -> None:
