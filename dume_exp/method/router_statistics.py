@@ -5,6 +5,7 @@ a slice), which is what makes λ sweeps and adding or removing experts free of f
 """
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,7 @@ def collect_statistics(
     experts: Sequence[int] | None = None,
     bf16_autocast: bool = False,
     mask_padding: bool = True,
+    distributed: bool | None = None,
 ) -> RouterStatistics:
     """Accumulate router statistics with every MoE block forced to expert ``d`` on ``batches_by_expert[d]``.
 
@@ -193,7 +195,16 @@ def collect_statistics(
     ``mask_padding=False`` reproduces the reference implementation: every position of each batch as given
     (the tokenizer-padded ``[B, T]`` grid, pad tokens included, cut to its first ``max_tokens_per_sequence``
     columns) counts, the forward pass still using the batch's attention mask; token counts then include the pads.
+    ``distributed`` (default: whenever a ``torch.distributed`` process group is initialised, e.g. under ``torchrun``
+    or ``accelerate launch``): each process takes every ``world_size``-th batch of each expert, starting at its rank,
+    and the float64 sums are all-reduced, so every process returns the statistics of all batches; progress bars
+    only on rank 0.
     """
+    shard = _process_shard(distributed)
+    if shard is not None:
+        rank, world = shard
+        batches_by_expert = [itertools.islice(batches, rank, None, world) for batches in batches_by_expert]
+        progress = progress and rank == 0
     blocks = require_moe_blocks(model)
     hidden = blocks[0].router.in_features
     experts = _collected_experts(blocks[0].num_experts, experts, len(batches_by_expert), max_tokens_per_sequence)
@@ -233,7 +244,21 @@ def collect_statistics(
         for h in handles:
             h.remove()
         model.train(was_training)
+    if shard is not None:
+        torch.distributed.all_reduce(gram)
+        torch.distributed.all_reduce(sums)
     return _checked(gram, sums, names)
+
+
+def _process_shard(distributed: bool | None) -> tuple[int, int] | None:
+    """``(rank, world_size)`` when collecting in parallel, else ``None``."""
+    running = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and not running:
+        raise RuntimeError("collect_statistics(distributed=True) needs an initialised process group: launch with "
+                           "torchrun (or accelerate launch) and call torch.distributed.init_process_group first.")
+    if not running or distributed is False or torch.distributed.get_world_size() == 1:
+        return None
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
 def _collected_experts(num_experts: int, experts: Sequence[int] | None, num_batch_lists: int,
