@@ -1,7 +1,12 @@
-"""Test helpers: tiny random models of each supported family, experts made from them, random token batches."""
+"""Test helpers: tiny random models of each supported family, experts made from them, random token batches, and a
+micro setup (expert folders and data) for running the app end to end."""
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -56,3 +61,31 @@ def random_batches(n_batches: int, batch_size: int, seq_len: int, vocab: int = 3
          "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long)}
         for _ in range(n_batches)
     ]
+
+
+TEXTS = {"prose": ["The quick brown fox jumps over the lazy dog number %d." % i for i in range(12)],
+         "code": ["def f%d(x):\n    return x + %d\n" % (i, i) for i in range(12)]}
+
+
+def write_micro_setup(root: Path, experts, base, tokenizer) -> None:
+    """Expert folders (with the tokenizer), the base model and train/test JSONL of each domain of TEXTS under root."""
+    for domain, model in zip(TEXTS, experts):
+        model.save_pretrained(root / "experts" / domain)
+        tokenizer.save_pretrained(root / "experts" / domain)
+        (root / "data" / domain).mkdir(parents=True)
+        for split, rows in (("train", TEXTS[domain][:8]), ("test", TEXTS[domain][8:])):
+            (root / "data" / domain / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    base.save_pretrained(root / "base")
+
+
+def run_app(root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``python -m dume_exp +experiment=clm`` on the micro setup under ``root`` (its own caches), in a subprocess."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf"),
+           "WANDB_MODE": "offline", "DUME_CACHE": str(root / "cache")}
+    cmd = [sys.executable, "-m", "dume_exp", "+experiment=clm", "experts.source=pretrained",
+           "experts.domains=[prose,code]",
+           f"+experts.models.prose={root}/experts/prose", f"+experts.models.code={root}/experts/code",
+           f"experts.data_dir={root}/data", f"experts.base={root}/base", "eval.batch_size=4", "progress=false",
+           "router_training.steps=2", "router_training.seq_len=32", "router_training.batch_size=4", "router.max_tokens_per_sequence=32",
+           f"results_dir={root}/results", f"hydra.run.dir={root}/run", *overrides]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

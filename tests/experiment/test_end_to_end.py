@@ -1,14 +1,10 @@
 """The Hydra app end to end on micro random experts and micro local perplexity tasks."""
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, make_experts, tiny_model
+from tests.helpers import make_experts, run_app, tiny_model, write_micro_setup
 
 pytestmark = pytest.mark.slow  # each test runs the app in a subprocess (20-40 s)
 
@@ -17,39 +13,12 @@ pytestmark = pytest.mark.slow  # each test runs the app in a subprocess (20-40 s
 def micro_setup(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("e2e")
     experts = make_experts(2, shared_backbone=True, vocab_size=len(tiny_tokenizer))  # oracle == expert
-    _write_setup(root, experts, tiny_model(vocab_size=len(tiny_tokenizer)), tiny_tokenizer)
+    write_micro_setup(root, experts, tiny_model(vocab_size=len(tiny_tokenizer)), tiny_tokenizer)
     return root
 
 
-TEXTS = {"prose": ["The quick brown fox jumps over the lazy dog number %d." % i for i in range(12)],
-         "code": ["def f%d(x):\n    return x + %d\n" % (i, i) for i in range(12)]}
-
-
-def _write_setup(root: Path, experts, base, tokenizer) -> None:
-    """Expert folders (with the tokenizer), the base model and train/test JSONL of each domain of TEXTS under root."""
-    for domain, model in zip(TEXTS, experts):
-        model.save_pretrained(root / "experts" / domain)
-        tokenizer.save_pretrained(root / "experts" / domain)
-        (root / "data" / domain).mkdir(parents=True)
-        for split, rows in (("train", TEXTS[domain][:8]), ("test", TEXTS[domain][8:])):
-            (root / "data" / domain / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
-    base.save_pretrained(root / "base")
-
-
-def _run(root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf"),
-           "WANDB_MODE": "offline", "DUME_CACHE": str(root / "cache")}
-    cmd = [sys.executable, "-m", "dume_exp", "+experiment=clm", "experts.source=pretrained",
-           "experts.domains=[prose,code]",
-           f"+experts.models.prose={root}/experts/prose", f"+experts.models.code={root}/experts/code",
-           f"experts.data_dir={root}/data", f"experts.base={root}/base", "eval.batch_size=4", "progress=false",
-           "router_training.steps=2", "router_training.seq_len=32", "router_training.batch_size=4", "router.max_tokens_per_sequence=32",
-           f"results_dir={root}/results", f"hydra.run.dir={root}/run", *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_app_writes_results_and_a_consistent_table(micro_setup):
-    proc = _run(micro_setup, "router.lam=auto")  # logger=wandb, offline
+    proc = run_app(micro_setup, "router.lam=auto")  # logger=wandb, offline
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((micro_setup / "run" / "wandb").rglob("offline-run-*/run-*.wandb"))
     assert (micro_setup / "run" / "resolved_config.yaml").exists() and (micro_setup / "run" / "table.md").exists()
@@ -76,11 +45,11 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
     md = (micro_setup / "results" / "clm" / "table.md").read_text()
     assert "## Retention (%)" in md and "| dume |" in md and "Calibration split: **train**" in md
     # Re-running the same configuration skips the finished cell and republishes the same numbers.
-    again = _run(micro_setup, "router.lam=auto", f"hydra.run.dir={micro_setup}/run_again")
+    again = run_app(micro_setup, "router.lam=auto", f"hydra.run.dir={micro_setup}/run_again")
     assert again.returncode == 0 and "already finished; skipping" in again.stdout + again.stderr
     assert json.loads((micro_setup / "run_again" / "results.json").read_text())["seeds"] == results["seeds"]
     # A new λ is a new cell: the experts' scores and the router statistics come from the caches.
-    other = _run(micro_setup, "router.lam=0.5", "strategy=dume", f"hydra.run.dir={micro_setup}/run_lam")
+    other = run_app(micro_setup, "router.lam=0.5", "strategy=dume", f"hydra.run.dir={micro_setup}/run_lam")
     assert other.returncode == 0, other.stderr[-3000:]
     new_rows = {r["name"]: r for r in json.loads((micro_setup / "run_lam" / "results.json").read_text())["seeds"][0]["rows"]}
     assert new_rows["expert:code"]["eval_cached"] == ["prose", "code"] and new_rows["dume"]["eval_cached"] == []
@@ -101,11 +70,11 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
 
 
 def test_bad_configuration_fails_fast_with_the_fix(micro_setup):
-    proc = _run(micro_setup, "logger=none", "calibration.split=test", "strategy=dume")
+    proc = run_app(micro_setup, "logger=none", "calibration.split=test", "strategy=dume")
     assert proc.returncode != 0 and "allow_eval_split=true" in proc.stderr
-    proc = _run(micro_setup, "logger=none", "strategy=dumee")
+    proc = run_app(micro_setup, "logger=none", "strategy=dumee")
     assert proc.returncode != 0 and "Available options in 'strategy'" in proc.stderr
-    proc = _run(micro_setup, "logger=none", "router.lam=-1")
+    proc = run_app(micro_setup, "logger=none", "router.lam=-1")
     assert proc.returncode != 0 and "router.lam must be a finite number ≥ 0 or 'auto'" in proc.stderr
 
 
@@ -123,8 +92,8 @@ def test_paper_shaped_experts_merge_and_save_a_loadable_model(tmp_path, tiny_tok
     experts = make_experts(2, shared_backbone=False, vocab_size=len(tiny_tokenizer), head_dim=12,
                            rope_parameters=rope)
     experts[1].resize_token_embeddings(len(tiny_tokenizer) + 64, mean_resizing=False)
-    _write_setup(tmp_path, experts, experts[0], tiny_tokenizer)
-    proc = _run(tmp_path, "logger=none", "strategy=dume", "router.top_k=2", "router.temperature=0.1",
+    write_micro_setup(tmp_path, experts, experts[0], tiny_tokenizer)
+    proc = run_app(tmp_path, "logger=none", "strategy=dume", "router.top_k=2", "router.temperature=0.1",
                 "calibration.mask_padding=false", "save_models=[dume]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"({tmp_path}/experts/code) has 364 vocabulary rows; merging on the 300 rows" in proc.stderr
