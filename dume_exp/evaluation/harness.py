@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,8 +70,26 @@ def make_lm(model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 8, max_
     from lm_eval.models.huggingface import HFLM
 
     model.eval()
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
-                softmax_dtype=torch.float32, backend="causal")  # DUME model types are not in transformers' mapping
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
+              softmax_dtype=torch.float32, backend="causal")  # DUME model types are not in transformers' mapping
+    _share_requests(lm)
+    return lm
+
+
+def _share_requests(lm: Any) -> None:
+    """Data parallelism for a launched job (``accelerate launch`` / ``torchrun`` with several processes): each
+    process scores every ``world_size``-th request and lm-eval's own gather collects them on rank 0.
+
+    lm-eval's HFLM sets its rank and world size only for a model it loads itself onto more than one GPU; an
+    in-memory model (or any CPU run) would have every process score everything. Each process must hold the model on
+    its own device (``Accelerator().device``).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    from accelerate import Accelerator
+
+    lm.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # without cpu=True a CPU job stays 1 process
+    lm._rank, lm._world_size = lm.accelerator.process_index, lm.accelerator.num_processes
 
 
 def _aggregation(task: Mapping[str, Any], metric: str) -> Callable[[list], float]:
@@ -124,10 +143,11 @@ def _domain_score(spec: DomainSpec, raw: Mapping[str, Any], bootstrap_iters: int
 
 
 def run_suite(lm: Any, suite: Suite, *, limit: int | float | None = None, bootstrap_iters: int = 0, seed: int = 0,
-              apply_chat_template: bool | None = None, log_samples: bool = False) -> EvalResult:
+              apply_chat_template: bool | None = None, log_samples: bool = False) -> EvalResult | None:
     """Evaluate an lm-eval ``LM`` on ``suite`` (one ``simple_evaluate`` call, every seed set to ``seed``).
 
-    ``apply_chat_template=None`` uses the suite's setting; ``limit`` caps the items of every task.
+    ``apply_chat_template=None`` uses the suite's setting; ``limit`` caps the items of every task. In a
+    data-parallel job (:func:`make_lm`) only rank 0 gets the result; the other processes get ``None``.
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -144,6 +164,8 @@ def run_suite(lm: Any, suite: Suite, *, limit: int | float | None = None, bootst
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         confirm_run_unsafe_code=True)
     wall = time.perf_counter() - start
+    if raw is None:  # a data-parallel process other than rank 0: its scores went to rank 0
+        return None
     domains = {d: _domain_score(spec, raw, bootstrap_iters, seed) for d, spec in suite.domains.items()}
     if not log_samples:
         raw.pop("samples", None)
@@ -153,8 +175,9 @@ def run_suite(lm: Any, suite: Suite, *, limit: int | float | None = None, bootst
 def evaluate(model: torch.nn.Module, tokenizer: Any, suite: Suite, *, batch_size: int = 8,
              limit: int | float | None = None, bootstrap_iters: int = 0, seed: int = 0,
              apply_chat_template: bool | None = None, log_samples: bool = False,
-             max_length: int | None = None) -> EvalResult:
-    """Evaluate an in-memory transformers model (dense or upcycled MoE) on ``suite``."""
+             max_length: int | None = None) -> EvalResult | None:
+    """Evaluate an in-memory transformers model (dense or upcycled MoE) on ``suite`` (``None`` on data-parallel
+    processes other than rank 0)."""
     lm = make_lm(model, tokenizer, batch_size=batch_size, max_length=max_length)
     return run_suite(lm, suite, limit=limit, bootstrap_iters=bootstrap_iters, seed=seed,
                      apply_chat_template=apply_chat_template, log_samples=log_samples)
