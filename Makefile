@@ -41,4 +41,4 @@ test: install sandbox
 	$(BIN)/python -m pytest -q
 
 bench: install
-	for b in moe router-step add-expert load; do $(BIN)/python -m dume_exp.bench $$b || exit 1; done
+	for b in moe router-step add-expert load statistics eval-precision; do $(BIN)/python -m dume_exp.bench $$b || exit 1; done

@@ -218,9 +218,13 @@ def collect_statistics(
     def make_hook(layer: int):
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0].reshape(-1, hidden)[state["mask"]].to(torch.float64)
-            xt = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
-            gram[layer, state["expert"]].addmm_(xt.T, xt)
-            sums[layer, state["expert"]] += xt.sum(0)
+            g, s, total = gram[layer, state["expert"]], x.sum(0), x.shape[0]  # [x; 1] blocks, without building it
+            g[:hidden, :hidden].addmm_(x.T, x)
+            g[:hidden, hidden] += s
+            g[hidden, :hidden] += s
+            g[hidden, hidden] += total
+            sums[layer, state["expert"], :hidden] += s
+            sums[layer, state["expert"], hidden] += total
         return hook
 
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
