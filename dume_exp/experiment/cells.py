@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..utils.cache import recipe_key
-from .config import RENAMED_GROUPS
+from .config import RENAMED_GROUPS, resolve_auto_precision
 
 
 # Config entries that do not change a run's numbers (left out of its cell key).
@@ -53,6 +53,8 @@ def cell_path(cfg: DictConfig) -> Path:
     """Where the results of this exact configuration are kept, keyed by the hash of what determines them
     (the configuration without its presentation keys and key-neutral defaults, renamed groups under their
     :data:`KEY_GROUP_NAMES`, and :func:`code_versions`)."""
+    cfg = cfg.copy()
+    resolve_auto_precision(cfg)  # a null bf16 switch keys as the precision this machine uses
     resolved = drop_neutral_defaults(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     config = {KEY_GROUP_NAMES.get(k, k): v for k, v in resolved.items() if k not in PRESENTATION_KEYS}
     key = recipe_key({"config": config, "code": code_versions()}, length=20)

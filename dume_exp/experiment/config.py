@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from ..evaluation.tasks.protocol import PROTOCOLS
 from ..method.upcycle import VOCAB_MODES
 from ..strategies.base import RouterConfig
 from ..strategies.router_training import RouterTrainingConfig
 from ..utils.data_layout import SPLITS
+from ..utils.hardware import native_bf16
 from ..utils.schema import Choice, at_least, checked, choice_enum, each_at_least
 from ..zoo.build import SETTINGS
 from ..zoo.train import TrainConfig
@@ -101,7 +103,7 @@ class EvalConfig:
     coding_sets: list[str] = field(default_factory=lambda: ["humaneval"])  # <data>/coding/<set>_test.jsonl
     arc_languages: Optional[list[str]] = None  # default: every arc_<lang> file (zoo) / the okapi list (paper)
     bootstrap_iters: int = checked(at_least(0), default=0)
-    bf16: bool = True  # evaluate fp32 models in bf16 (faster on CPUs with native bf16)
+    bf16: Optional[bool] = None  # evaluate fp32 models in bf16; null: where the hardware has native bf16
     cache: bool = True  # reuse a score when weights, routing, tasks, data and eval knobs are unchanged
     # execute model-written code (HumanEval) even where bubblewrap cannot isolate it (tables mark such scores)
     unsafe_code: bool = False
@@ -114,7 +116,7 @@ class CalibrationConfig:
     max_samples: int = checked(at_least(1), default=2048)
     batch_size: int = checked(at_least(1), default=8)
     store_statistics: bool = True  # reuse router statistics from <cache>/statistics (keyed by content)
-    bf16: bool = False  # statistics passes under bf16 autocast (accumulation stays float64)
+    bf16: Optional[bool] = False  # statistics passes under bf16 autocast (float64 sums); null: if native
     # prompt_answer: each row's whole text | prompt: its question/prompt only (a chat transcript up to and including
     # the first assistant header); for router statistics and BTX/DUME+ training alike
     text: CalibrationText = CalibrationText.prompt_answer
@@ -186,3 +188,14 @@ def check_config(cfg: Mapping[str, Any], schema: type = Config, prefix: str = ""
             check_config(value, hints[key], f"{path}.")
         elif "check" in known[key].metadata and (must := known[key].metadata["check"](value)) is not None:
             raise ValueError(f"{path} must be {must}; got {value!r}.")
+
+
+AUTO_BF16 = ("eval.bf16", "calibration.bf16", "router_training.bf16")  # null: bf16 only with native hardware support
+
+
+def resolve_auto_precision(cfg: Any) -> None:
+    """Replace each null switch of :data:`AUTO_BF16` in ``cfg`` by this machine's decision (:mod:`~dume_exp.utils.
+    hardware`), so that what a run records and keys is the precision it used."""
+    for key in AUTO_BF16:
+        if OmegaConf.select(cfg, key) is None:
+            OmegaConf.update(cfg, key, native_bf16("cpu"))

@@ -29,6 +29,7 @@ from ..utils.allocator import active_allocator
 from ..utils.cache import read_cached_json, write_checked_json
 from .calibration import calibration_record, calibration_sample
 from .cells import cell_path
+from .config import resolve_auto_precision
 from .experts import ExpertSet, load_expert_set
 from ..evaluation import Suite
 from .scoring import build_suite, score_candidate
@@ -131,6 +132,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ``save_models`` asks for models (rebuilt; their scores come from the evaluation cache).
     """
     validate(cfg)
+    resolve_auto_precision(cfg)  # what the run records (resolved config, results) is the precision it uses
     cell = cell_path(cfg)
     results = read_cached_json(cell) if cfg.resume and not cfg.save_models else None
     if results is not None:

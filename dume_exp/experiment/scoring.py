@@ -14,6 +14,7 @@ from ..evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning
 from ..method.moe import moe_blocks, reset_routing_counts, routing_counts
 from ..strategies import Candidate
 from ..utils.fingerprints import tensor_fingerprint
+from ..utils.hardware import use_bf16
 from ..utils.cache import cache_root, file_sha256, read_cached_json, recipe_key, write_checked_json
 from .experts import ExpertSet
 from .validate import sandbox_limits
@@ -75,7 +76,7 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
     """
     ev = cfg.eval
     model = cand.model
-    if ev.bf16 and next(model.parameters()).dtype == torch.float32:
+    if use_bf16(ev.bf16) and next(model.parameters()).dtype == torch.float32:
         model = copy.deepcopy(model).to(torch.bfloat16)  # never convert the shared experts in place
     has_moe = bool(moe_blocks(model))
     scores, stderr, n, counts, wall, cached = {}, {}, {}, {}, 0.0, []

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class RouterTrainingConfig:
     grad_clip: float = 1.0
     load_balance_alpha: float = 0.0
     train_gate_proj: bool = False  # reproduces the reference code's `"gate" in name` filter
-    bf16: bool = False
+    bf16: Optional[bool] = False  # bf16 autocast of the frozen model's forward; null: where native (resolved by the app)
     batch_size: int = checked(at_least(1), default=8)  # sequences per step (the training batches are built so)
     seq_len: int = checked(at_least(1), default=512)  # tokens per sequence, at most
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..utils.cache import atomic_dir, write_json_atomic
+from ..utils.hardware import native_bf16
 from ..utils.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,13 @@ def expert_recipe(base_manifest: dict[str, Any], data_hash: str, cfg: TrainConfi
     """Everything that determines an expert's weights, for ``cache.recipe_key``.
 
     The base enters by its weights hash only (not its path); ``threads`` and ``device`` are left out, since
-    they only change float summation order, not what is trained.
+    they only change float summation order, not what is trained. ``bf16`` enters as the precision training will
+    actually use (fp32 where the device has no native bf16), so experts trained in fp32 get their own key.
     """
     if "model_sha256" not in base_manifest:
         raise KeyError("base_manifest has no 'model_sha256'; build it with dume_exp.zoo.base_model.base_manifest().")
     train = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "device")}
+    train["bf16"] = bool(cfg.bf16) and native_bf16(cfg.device)
     return {
         "base_sha256": base_manifest["model_sha256"],
         "data": data_hash, "train": train, "code": TRAIN_CODE_VERSION,
@@ -149,11 +152,6 @@ def select_trainable(model: torch.nn.Module, trainable: str) -> list[tuple[str, 
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def bf16_native() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); otherwise autocast would be slower."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 @contextlib.contextmanager
 def _num_threads(n: int) -> Iterator[None]:
     previous = torch.get_num_threads()
@@ -178,8 +176,7 @@ def train_expert(base: str | Path, texts: Sequence[str], out_dir: Path, cfg: Tra
     tokenizer = AutoTokenizer.from_pretrained(base)
     blocks = pack_blocks(tokenizer, texts, cfg.seq_len)
     device = torch.device(cfg.device)
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else bf16_native()
-    precision = "bf16" if cfg.bf16 and native else "fp32"
+    precision = "bf16" if cfg.bf16 and native_bf16(device) else "fp32"
     if cfg.bf16 and precision == "fp32":
         log.warning("This %s has no native bf16; training in fp32 instead.", device.type.upper())
     with torch.random.fork_rng(devices=[]), _num_threads(cfg.threads):

@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dume_exp.utils.cache import recipe_key
+from dume_exp.utils.hardware import native_bf16
 from dume_exp.zoo.base_model import base_manifest, dequantised_copy, embedded_recipe, plain_config, prepare_base
 from dume_exp.zoo.train import (
-    TOKEN_BREAK, TrainConfig, batch_indices, bf16_native, expert_recipe, lr_factor, pack_blocks, select_trainable,
+    TOKEN_BREAK, TrainConfig, batch_indices, expert_recipe, lr_factor, pack_blocks, select_trainable,
     train_expert,
 )
 
@@ -177,7 +178,7 @@ def test_embedded_recipe_pins_the_wheel():
     assert recipe["member"].endswith(".gguf")
 
 
-@pytest.mark.skipif(not bf16_native(), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16")
 def test_bf16_autocast_is_deterministic(base_dir, tmp_path):
     cfg = replace(CFG, bf16=True, steps=4)
     a = train_expert(base_dir, TEXTS, tmp_path / "a", cfg)
