@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,21 +214,8 @@ def collect_statistics(
     gram = torch.zeros(len(blocks), len(experts), hidden + 1, hidden + 1, dtype=torch.float64, device=device)
     sums = torch.zeros(len(blocks), len(experts), hidden + 1, dtype=torch.float64, device=device)
     state: dict = {}
-
-    def make_hook(layer: int):
-        def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0].reshape(-1, hidden)[state["mask"]].to(torch.float64)
-            g, s, total = gram[layer, state["expert"]], x.sum(0), x.shape[0]  # [x; 1] blocks, without building it
-            g[:hidden, :hidden].addmm_(x.T, x)
-            g[:hidden, hidden] += s
-            g[hidden, :hidden] += s
-            g[hidden, hidden] += total
-            sums[layer, state["expert"], :hidden] += s
-            sums[layer, state["expert"], hidden] += total
-        return hook
-
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    handles = [b.register_forward_pre_hook(make_hook(i)) for i, b in enumerate(blocks)]
+    handles = [b.register_forward_pre_hook(_accumulator(gram[i], sums[i], state)) for i, b in enumerate(blocks)]
     was_training = model.training
     model.eval()
     try:
@@ -263,6 +250,23 @@ def _process_shard(distributed: bool | None) -> tuple[int, int] | None:
     if not running or distributed is False or torch.distributed.get_world_size() == 1:
         return None
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _accumulator(gram: torch.Tensor, sums: torch.Tensor, state: dict) -> Callable:
+    """A forward pre-hook adding the block input's [x; 1] Gram matrix and sum (at the positions ``state["mask"]``)
+    into expert slot ``state["expert"]`` of one layer's ``gram`` ``[E, H+1, H+1]`` and ``sums`` ``[E, H+1]``."""
+    hidden = gram.shape[-1] - 1
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        x = args[0].reshape(-1, hidden)[state["mask"]].to(torch.float64)
+        g, s, total = gram[state["expert"]], x.sum(0), x.shape[0]  # the blocks of [x; 1], without building it
+        g[:hidden, :hidden].addmm_(x.T, x)
+        g[:hidden, hidden] += s
+        g[hidden, :hidden] += s
+        g[hidden, hidden] += total
+        sums[state["expert"], :hidden] += s
+        sums[state["expert"], hidden] += total
+    return hook
 
 
 def _collected_experts(num_experts: int, experts: Sequence[int] | None, num_batch_lists: int,
