@@ -18,7 +18,8 @@ PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "wr
 # Fields added after results cells were committed, with their defaults: left out of the cell key while they hold
 # these values, so every configuration from before them keeps its key (and its committed cell).
 KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align",
-                        "router.bias": True, "eval.unsafe_code": False}
+                        "router.bias": True, "eval.unsafe_code": False, "eval.backend": "inmemory",
+                        "eval.processes": 1}
 
 
 def code_versions() -> dict[str, int]:

@@ -59,6 +59,11 @@ class CalibrationText(Choice):
     prompt = "prompt"  # its question/prompt only
 
 
+class EvalBackend(Choice):
+    inmemory = "inmemory"  # lm-eval on the candidate in this process
+    hf = "hf"  # lm-eval on the saved folder in eval.processes processes launched by torchrun (one per device)
+
+
 class LoggerKind(Choice):
     wandb = "wandb"
     none = "none"
@@ -107,6 +112,8 @@ class EvalConfig:
     cache: bool = True  # reuse a score when weights, routing, tasks, data and eval knobs are unchanged
     # execute model-written code (HumanEval) even where bubblewrap cannot isolate it (tables mark such scores)
     unsafe_code: bool = False
+    backend: EvalBackend = EvalBackend.inmemory
+    processes: int = checked(at_least(1), default=1)  # eval.backend=hf: data-parallel processes (GPUs)
 
 
 @dataclass

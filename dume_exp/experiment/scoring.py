@@ -1,7 +1,12 @@
 """Scoring a candidate on every domain of the suite, each domain's score cached under its evaluation key."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -11,7 +16,9 @@ import torch
 from omegaconf import DictConfig
 
 from ..evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
+from ..evaluation.worker import write_spec
 from ..method.moe import moe_blocks, reset_routing_counts, routing_counts
+from ..native import is_native
 from ..strategies import Candidate
 from ..utils.fingerprints import tensor_fingerprint
 from ..utils.hardware import use_bf16
@@ -62,47 +69,93 @@ def evaluation_key(model_fingerprint: str, model: torch.nn.Module, cand: Candida
     tasks = suite.domains[domain].tasks
     ev = {k: cfg.eval[k] for k in ("batch_size", "protocol", "apply_chat_template", "max_gen_toks", "bootstrap_iters")}
     ev["limit"] = domain_limit(cfg, domain)
+    if launched(cfg, cand):  # another engine and batching: its own key (in-memory keys stay as they were)
+        ev.update(backend=str(cfg.eval.backend), processes=cfg.eval.processes)
     return recipe_key({"model": model_fingerprint, "candidate": cand.name, "domain_routing": cand.domain_routing,
                        "domain": domain, "tasks": content_keyed(list(tasks)),
                        "eval": ev, "seed": seed, "routing": [(b.top_k, b.temperature) for b in moe_blocks(model)]},
                       length=24)
 
 
+def launched(cfg: DictConfig, cand: Candidate) -> bool:
+    """Whether ``cand`` is scored in a launched job (``eval.backend=hf``); a candidate whose routing depends on the
+    domain scored (oracle) is always scored in memory, where that rule is applied."""
+    return cfg.eval.backend == "hf" and cand.domain_routing is None
+
+
+def _in_memory_entry(model: torch.nn.Module, cand: Candidate, domain: str, suite: Suite, tokenizer: Any,
+                     cfg: DictConfig, seed: int) -> dict[str, Any]:
+    ev, has_moe = cfg.eval, bool(moe_blocks(model))
+    if has_moe:
+        reset_routing_counts(model)
+    with cand.route_domain(model, domain):
+        res: EvalResult = evaluate(model, tokenizer, suite.select([domain]), batch_size=ev.batch_size,
+                                   limit=domain_limit(cfg, domain), bootstrap_iters=ev.bootstrap_iters, seed=seed,
+                                   apply_chat_template=ev.apply_chat_template)
+    s = res.domains[domain]
+    return {"score": s.score, "stderr": s.stderr, "n": s.n, "wall_s": res.wall_s,
+            "routing_counts": routing_counts(model).tolist() if has_moe else None}
+
+
+def _launched_entry(folder: Path, domain: str, suite: Suite, cfg: DictConfig, seed: int) -> dict[str, Any]:
+    """One domain's score from ``eval.processes`` processes started by torchrun on the saved ``folder``."""
+    ev = cfg.eval
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        spec, out = Path(tmp) / "spec.pkl", Path(tmp) / "result.json"
+        write_spec(spec, folder, suite.select([domain]), batch_size=ev.batch_size, limit=domain_limit(cfg, domain),
+                   bootstrap_iters=ev.bootstrap_iters, seed=seed, apply_chat_template=ev.apply_chat_template)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ev.processes),
+               "-m", "dume_exp.evaluation.worker", str(spec), str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"eval.backend=hf: the scoring job for {domain!r} failed (exit {proc.returncode}):\n"
+                               f"{proc.stderr[-3000:]}")
+        res = json.loads(out.read_text())
+    return {**res["domains"][domain], "wall_s": res["wall_s"], "routing_counts": res["routing_counts"],
+            "processes": res["processes"]}
+
+
+def _save_for_launch(model: torch.nn.Module, tokenizer: Any, folder: Path) -> Path:
+    if is_native(model):
+        model.save_pretrained(folder, tokenizer=tokenizer)
+    else:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
 def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: Any, seed: int) -> dict[str, Any]:
-    """Score every domain (entering the candidate's routing context per domain) and read routing counts.
+    """Score every domain (in memory, entering the candidate's routing context per domain, or in a launched job on
+    its saved folder: :func:`launched`) and read routing counts.
 
     Scores are cached under :func:`evaluation_key` (``eval.cache``), so a dense expert or an unchanged
     candidate is evaluated once across runs and sweep cells.
     """
-    ev = cfg.eval
     model = cand.model
-    if use_bf16(ev.bf16) and next(model.parameters()).dtype == torch.float32:
+    if use_bf16(cfg.eval.bf16) and next(model.parameters()).dtype == torch.float32:
         model = copy.deepcopy(model).to(torch.bfloat16)  # never convert the shared experts in place
-    has_moe = bool(moe_blocks(model))
     scores, stderr, n, counts, wall, cached = {}, {}, {}, {}, 0.0, []
     fingerprint = tensor_fingerprint(model.state_dict().values())  # hashing the weights once, not per domain
-    for domain in suite.domains:
-        key = evaluation_key(fingerprint, model, cand, domain, suite, cfg, seed)
-        key_file = cache_root() / "evaluations" / f"{key}.json"
-        entry = read_cached_json(key_file) if ev.cache else None
-        if entry is not None:
-            cached.append(domain)
-        else:
-            if has_moe:
-                reset_routing_counts(model)
-            with cand.route_domain(model, domain):
-                res: EvalResult = evaluate(model, tokenizer, suite.select([domain]), batch_size=ev.batch_size,
-                                           limit=domain_limit(cfg, domain), bootstrap_iters=ev.bootstrap_iters, seed=seed,
-                                           apply_chat_template=ev.apply_chat_template)
-            s = res.domains[domain]
-            entry = {"score": s.score, "stderr": s.stderr, "n": s.n, "wall_s": res.wall_s,
-                     "routing_counts": routing_counts(model).tolist() if has_moe else None}
-            if ev.cache:
+    with contextlib.ExitStack() as stack:
+        folder = None
+        for domain in suite.domains:
+            key = evaluation_key(fingerprint, model, cand, domain, suite, cfg, seed)
+            key_file = cache_root() / "evaluations" / f"{key}.json"
+            entry = read_cached_json(key_file) if cfg.eval.cache else None
+            if entry is not None:
+                cached.append(domain)
+            elif launched(cfg, cand):
+                if folder is None:  # saved once per candidate, removed after it
+                    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=cache_root(), prefix="launch-")))
+                    folder = _save_for_launch(model, tokenizer, tmp / "model")
+                entry = _launched_entry(folder, domain, suite, cfg, seed)
+            else:
+                entry = _in_memory_entry(model, cand, domain, suite, tokenizer, cfg, seed)
+            if domain not in cached and cfg.eval.cache:
                 write_checked_json(key_file, entry)
-        scores[domain], stderr[domain], n[domain] = entry["score"], entry["stderr"], entry["n"]
-        wall += entry["wall_s"]
-        if entry["routing_counts"] is not None:
-            counts[domain] = entry["routing_counts"]
+            scores[domain], stderr[domain], n[domain] = entry["score"], entry["stderr"], entry["n"]
+            wall += entry["wall_s"]
+            if entry["routing_counts"] is not None:
+                counts[domain] = entry["routing_counts"]
     return {"name": cand.name, "scores": scores, "stderr": stderr, "n": n, "eval_wall_s": wall,
             "eval_cached": cached, "cost": asdict(cand.cost), "info": cand.info, "routing_counts": counts}
-

@@ -60,6 +60,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.experts.source == "zoo":
         check_zoo(cfg)
     check_domains(cfg)
+    if cfg.eval.processes > 1 and cfg.eval.backend != "hf":
+        raise ValueError(f"eval.processes={cfg.eval.processes} needs eval.backend=hf (scoring in launched processes); "
+                         "the in-memory backend scores in this one process.")
     if scores_generated_code(cfg):
         require_isolation(sandbox_limits(cfg))
     unsaved = sorted(set(cfg.save_models) - set(selected_strategies(cfg)))

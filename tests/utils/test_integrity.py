@@ -137,7 +137,7 @@ def _score_setup(monkeypatch, tmp_path) -> tuple[list[int], callable]:
     monkeypatch.setattr(scoring, "evaluate", fake_evaluate)
     cfg = OmegaConf.create({"eval": {"bf16": False, "cache": True, "batch_size": 1, "protocol": "harness",
                                      "apply_chat_template": False, "max_gen_toks": 8, "bootstrap_iters": 0,
-                                     "limit": 4, "domain_limit": {}}})
+                                     "limit": 4, "domain_limit": {}, "backend": "inmemory", "processes": 1}})
     suite = Suite("s", {"d": DomainSpec(tasks=({"task": "t"},), metric="acc")})
     cand = Candidate("dense", make_experts(1)[0])
     return calls, lambda: scoring.score_candidate(cand, cfg, suite, None, seed=0)
