@@ -16,7 +16,6 @@ import torch
 from omegaconf import DictConfig
 
 from ..evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
-from ..evaluation.worker import write_spec
 from ..method.moe import moe_blocks, reset_routing_counts, routing_counts
 from ..native import is_native
 from ..strategies import Candidate
@@ -24,6 +23,7 @@ from ..utils.fingerprints import tensor_fingerprint
 from ..utils.hardware import use_bf16
 from ..utils.cache import cache_root, file_sha256, read_cached_json, recipe_key, write_checked_json
 from .experts import ExpertSet
+from .score_worker import write_spec
 from .validate import sandbox_limits
 
 
@@ -105,7 +105,7 @@ def _launched_entry(folder: Path, domain: str, suite: Suite, cfg: DictConfig, se
         write_spec(spec, folder, suite.select([domain]), batch_size=ev.batch_size, limit=domain_limit(cfg, domain),
                    bootstrap_iters=ev.bootstrap_iters, seed=seed, apply_chat_template=ev.apply_chat_template)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ev.processes),
-               "-m", "dume_exp.evaluation.worker", str(spec), str(out)]
+               "-m", "dume_exp.experiment.score_worker", str(spec), str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"eval.backend=hf: the scoring job for {domain!r} failed (exit {proc.returncode}):\n"

@@ -1,6 +1,6 @@
 """Scoring a saved model folder in a launched multi-process job (``eval.backend=hf``).
 
-``python -m torch.distributed.run --standalone --nproc_per_node N -m dume_exp.evaluation.worker SPEC OUT``: every
+``python -m torch.distributed.run --standalone --nproc_per_node N -m dume_exp.experiment.score_worker SPEC OUT``: every
 process loads the folder onto its own device (``cuda:<local rank>`` on GPUs, else the CPU), lm-eval shards the
 requests over the processes (:func:`~dume_exp.evaluation.harness.make_lm`), the routing counts are summed over them,
 and rank 0 writes the result to ``OUT`` (JSON). ``SPEC`` is a pickle written by :func:`write_spec`.
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .suites import Suite
+from ..evaluation import Suite
 
 
 def write_spec(path: Path, folder: Path, suite: Suite, **run_kwargs: Any) -> None:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..method.moe import moe_blocks, reset_routing_counts, routing_counts
-    from .harness import make_lm, run_suite
+    from ..evaluation import make_lm, run_suite
 
     spec_path, out = argv if argv is not None else sys.argv[1:]
     spec = pickle.loads(Path(spec_path).read_bytes())
