@@ -88,9 +88,11 @@ def code_sandbox(cfg: DictConfig) -> str | None:
 
 
 def check_domains(cfg: DictConfig) -> None:
-    """``experts.subset``, ``eval.domain_limit`` and ``eval.domain_max_gen_toks`` name domains of ``experts.domains``;
-    ``router.top_k`` routes to at most every expert of the run."""
+    """``experts.domains`` names ≥ 2 distinct domains; ``experts.subset``, ``eval.domain_limit`` and
+    ``eval.domain_max_gen_toks`` name domains of it; ``router.top_k`` routes to at most every expert of the run."""
     domains = list(cfg.experts.domains)
+    if len(domains) < 2 or len(set(domains)) != len(domains):
+        raise ValueError(f"experts.domains must name ≥ 2 distinct domains (one expert each); got {domains}.")
     subset = list(cfg.experts.subset or [])
     if subset and (len(subset) < 2 or not set(subset) <= set(domains) or len(set(subset)) != len(subset)):
         raise ValueError(f"experts.subset must name ≥ 2 distinct domains of {domains}; got {subset}.")

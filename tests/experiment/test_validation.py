@@ -39,6 +39,11 @@ BAD = {
     "folder": (["experts=paper_reasoning", f"experts.models.math={MISSING}"], FileNotFoundError,
                ["experts.models.math", "folder not found", MISSING]),
     "renamed_group": (["+btx.steps=5"], ValueError, ["'btx' is now 'router_training'", "use router_training.steps"]),
+    "no_domains": (["experts.domains=[]", "eval.domain_limit={}", "eval.domain_max_gen_toks={}"], ValueError,
+                   ["experts.domains", "≥ 2 distinct domains", "[]"]),
+    "repeated_domain": (["experts.domains=[math,math]", "eval.domain_limit={}", "eval.domain_max_gen_toks={}"],
+                        ValueError, ["experts.domains", "≥ 2 distinct domains", "['math', 'math']"]),
+    "processes": (["eval.processes=2"], ValueError, ["eval.processes=2 needs eval.backend=hf"]),
 }
 
 # A bad choice of an enumerated setting fails at compose time: (override, what the error must name: the key, the
@@ -55,6 +60,7 @@ BAD_CHOICE = {
     "calibration.split": ("tests", "[train, validation, test]"),
     "calibration.text": ("question", "[prompt_answer, prompt]"),
     "logger.kind": ("tensorboard", "[wandb, none]"),
+    "eval.backend": ("vllm", "[inmemory, hf]"),
 }
 
 
