@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..utils.cache import atomic_file, cache_root, recipe_key
+from ..utils.cache import atomic_file, cache_root, quarantine, recipe_key
+from ..utils.fingerprints import batches_fingerprint, tensor_fingerprint, tensors_sha256
 from ..utils.schema import at_least, checked
 from ..utils.schedule import warmup_cosine
 from ..method.moe import MoEBlock, require_moe_blocks
@@ -133,10 +134,7 @@ def train_routers_cached(
     """:func:`train_routers`, or the trained parameters loaded from ``<cache>/routers`` when this exact
     starting model, data and configuration were trained before (training is deterministic). Returns the
     cost of the original training and whether it came from the cache."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    from ..utils.fingerprints import batches_fingerprint, tensor_fingerprint
+    from safetensors.torch import save_file
 
     # batch_size and seq_len shape the batches, which the data fingerprint covers (and keys from before they joined
     # the config stay valid)
@@ -146,16 +144,43 @@ def train_routers_cached(
     path = Path(root) if root is not None else cache_root() / "routers"
     path = path / f"{key}.safetensors"
     params = dict(model.named_parameters())
-    if path.exists():
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
+    stored = _stored_training(path, params)
+    if stored is not None:
+        state, meta = stored
         with torch.no_grad():
-            for name, tensor in load_file(str(path)).items():
+            for name, tensor in state.items():
                 params[name].copy_(tensor)
         return TrainingCost(int(meta["steps"]), int(meta["tokens"]), float(meta["wall_s"]), float(meta["final_loss"])), True
     trained = {id(p) for p in trainable_router_parameters(model, cfg.train_gate_proj)}
     cost = train_routers(model, batches, cfg, progress=progress)  # leaves every parameter frozen again
     state = {n: p.detach().contiguous() for n, p in params.items() if id(p) in trained}
     with atomic_file(path) as tmp:
-        save_file(state, str(tmp), metadata={k: repr(v) for k, v in asdict(cost).items()})
+        save_file(state, str(tmp), metadata={**{k: repr(v) for k, v in asdict(cost).items()},
+                                             "sha256": tensors_sha256(state)})
     return cost, False
+
+
+def _stored_training(path: Path, params: Mapping[str, nn.Parameter]) -> tuple[dict, dict] | None:
+    """The stored trained parameters and metadata, or ``None`` when absent; an unreadable entry, one whose tensors
+    fail their stored sha256 or do not fit the model is moved aside (:func:`~dume_exp.utils.cache.quarantine`)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:  # truncated or garbled: safetensors names the cause
+        quarantine(path, f"unreadable ({err})")
+        return None
+    problem = None
+    if "sha256" in meta and meta["sha256"] != tensors_sha256(state):
+        problem = "the tensors' sha256 differs from the one stored with them"
+    elif any(name not in params or params[name].shape != t.shape for name, t in state.items()):
+        problem = "its tensors do not fit this model's parameters"
+    if problem:
+        quarantine(path, problem)
+        return None
+    return state, meta

@@ -125,3 +125,25 @@ def test_lr_schedule_and_load_balance_loss():
     assert load_balance_loss([uniform], [block]).item() == pytest.approx(1.0, abs=1e-3)
     collapsed = torch.tensor([[5.0, -5.0]] * 8)
     assert load_balance_loss([collapsed], [block]).item() == pytest.approx(2 * torch.sigmoid(torch.tensor(10.0)).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda p: p.write_bytes(p.read_bytes()[:-4] + bytes(4)), "sha256 differs"),
+    (lambda p: p.write_bytes(b""), "unreadable"),
+], ids=["flipped-bytes", "zero-length"])
+def test_a_corrupt_router_training_entry_is_named_moved_aside_and_retrained(tmp_path, damage, problem):
+    from dume_exp.strategies.router_training import train_routers_cached
+
+    ctx = _ctx()
+    batches, cfg = ctx.training_batches(), RouterTrainingConfig(steps=2, lr=1e-2, warmup_steps=1)
+    first = ctx.upcycled()
+    train_routers_cached(first, batches, cfg, progress=False, root=tmp_path)
+    (entry,) = tmp_path.glob("*.safetensors")
+    damage(entry)
+    second = ctx.upcycled()
+    with pytest.warns(UserWarning, match=problem):
+        _, cached = train_routers_cached(second, batches, cfg, progress=False, root=tmp_path)
+    assert not cached and len(list(tmp_path.glob("*.corrupt-*"))) == 1
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    _, cached = train_routers_cached(ctx.upcycled(), batches, cfg, progress=False, root=tmp_path)
+    assert cached  # the rewritten entry verifies
