@@ -165,6 +165,7 @@ def write_rows(data_dir: Path, domain: str, rows: list[dict]) -> None:
 def calibration_cfg(**calibration):
     cfg = OmegaConf.structured(Config)
     cfg.strategy = {"dume": True}
+    cfg.experts.domains = ["math", "multilingual"]  # the schema's default names none
     cfg.calibration.update(calibration)
     return cfg
 
