@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         tmp.write_text(json.dumps({"domains": domains, "wall_s": result.wall_s, "processes": lm.world_size,
                                    "routing_counts": None if counts is None else counts.tolist()}))
         tmp.replace(out)
+    if lm.world_size > 1:  # leave together: a process exiting with the group alive aborts in its threads
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

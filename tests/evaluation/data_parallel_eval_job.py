@@ -21,6 +21,8 @@ def main(root: Path) -> None:
     (root / f"rank{lm.rank}.json").write_text(json.dumps({
         "requests": len(requests), "world": lm.world_size,
         "scores": None if result is None else {d: [s.score, s.n] for d, s in result.domains.items()}}))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
