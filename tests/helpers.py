@@ -89,3 +89,22 @@ def run_app(root: Path, *overrides: str) -> subprocess.CompletedProcess:
            "router_training.steps=2", "router_training.seq_len=32", "router_training.batch_size=4", "router.max_tokens_per_sequence=32",
            f"results_dir={root}/results", f"hydra.run.dir={root}/run", *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def compose_app(*overrides: str, hydra: bool = False):
+    """The app's config composed from ``overrides`` (with the ``hydra`` node when ``hydra``), as the CLI would."""
+    from hydra import compose, initialize_config_dir
+
+    from dume_exp.experiment.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", list(overrides), return_hydra_config=hydra)
+
+
+def run_torchrun(job: Path, *args: str, cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
+    """``job`` (a script under tests/) in ``processes`` single-threaded torchrun processes on this machine."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           str(job), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

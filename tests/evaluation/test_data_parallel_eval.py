@@ -2,24 +2,14 @@
 each process scores only its share of the requests, and the gathered scores equal one process's. (On CPU,
 ``accelerate launch --cpu`` starts one process unless MPI is set up, so the test launches with torchrun.)"""
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 
 from dume_exp.evaluation import clm_suite, evaluate
-from tests.helpers import REPO, tiny_model
+from tests.helpers import REPO, run_torchrun, tiny_model
 
 TEXTS = {"prose": ["A quiet river runs past the old mill number %d." % i for i in range(6)],
          "code": ["def g%d(y):\n    return y * %d\n" % (i, i) for i in range(6)]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -30,11 +20,7 @@ def test_two_processes_score_half_each_and_gather_the_single_process_scores(tmp_
     for domain, rows in TEXTS.items():
         (tmp_path / "data" / domain).mkdir(parents=True)
         (tmp_path / "data" / domain / "test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(REPO / "tests" / "evaluation" / "data_parallel_eval_job.py"),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_torchrun(REPO / "tests" / "evaluation/data_parallel_eval_job.py", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["requests"] for r in ranks] == [6, 6] and {r["world"] for r in ranks} == {2}  # 12 documents in all

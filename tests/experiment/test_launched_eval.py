@@ -30,15 +30,3 @@ def test_two_launched_processes_reproduce_the_in_memory_scores(tmp_path, tiny_to
     entries = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "evaluations").glob("*.json")]
     assert sum(e.get("processes") == 2 for e in entries) == 6  # 3 launched candidates x 2 domains
 
-
-def test_several_processes_need_the_launched_backend():
-    from hydra import compose, initialize_config_dir
-
-    from dume_exp.experiment.config import CONF_DIR, register_configs
-    from dume_exp.experiment.validate import validate
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", ["+experiment=clm", "eval.processes=2"])
-    with pytest.raises(ValueError, match="eval.processes=2 needs eval.backend=hf"):
-        validate(cfg)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.helpers import make_experts, run_app, tiny_model, write_micro_setup
+from tests.helpers import compose_app, make_experts, run_app, tiny_model, write_micro_setup
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the slurm extra (hydra-submitit-launcher)")
 
@@ -28,14 +28,8 @@ def test_a_lambda_sweep_through_submitit_runs_each_cell_as_a_job_and_resumes(tmp
 
 
 def test_the_slurm_launcher_config_composes_with_requeue_and_resources():
-    from hydra import compose, initialize_config_dir
-
-    from dume_exp.experiment.config import CONF_DIR, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", ["+experiment=paper_reasoning", "hydra/launcher=slurm",
-                                 "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    cfg = compose_app("+experiment=paper_reasoning", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                      hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert (launcher.gpus_per_node, launcher.max_num_timeout, launcher.timeout_min) == (1, 3, 240)

@@ -1,30 +1,16 @@
 """Router statistics collected data-parallel by two real processes (torchrun, gloo) equal one process's."""
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from dume_exp import RouterStatistics, collect_statistics, upcycle
-from tests.helpers import REPO, make_experts, random_batches
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import REPO, run_torchrun, make_experts, random_batches
 
 
 @pytest.mark.slow
 def test_two_processes_each_collect_their_share_and_reduce_to_the_single_process_statistics(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(REPO / "tests" / "method" / "distributed_statistics_job.py"),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_torchrun(REPO / "tests" / "method/distributed_statistics_job.py", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["forward_passes"] for r in runs] == [3 * 3, 3 * 2] and {r["world"] for r in runs} == {2}

@@ -1,19 +1,13 @@
 """The precision decision: bf16 only with native hardware support, and a null switch keys as what it resolves to."""
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import dume_exp.experiment.config as config_mod
 from dume_exp.experiment.cells import cell_path
-from dume_exp.experiment.config import AUTO_BF16, CONF_DIR, register_configs, resolve_auto_precision
+from dume_exp.experiment.config import AUTO_BF16, resolve_auto_precision
 from dume_exp.utils import hardware
 from dume_exp.zoo.train import TrainConfig, expert_recipe
-
-
-def compose_app(*overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", list(overrides))
+from tests.helpers import compose_app
 
 
 def test_explicit_switches_win_and_null_follows_the_hardware(monkeypatch):
