@@ -32,7 +32,7 @@ from .cells import cell_path
 from .config import resolve_auto_precision
 from .experts import ExpertSet, load_expert_set
 from ..evaluation import Suite
-from .scoring import build_suite, score_candidate
+from .scoring import build_suite, save_model, score_candidate
 from .tracking import Tracker, tracker
 from .validate import code_sandbox, parse_lambda, selected_strategies, validate
 
@@ -43,10 +43,7 @@ def save_candidate(cand: Candidate, tokenizer: Any, folder: Path, cfg: DictConfi
     """Save a candidate's model with its tokenizer: a DUME model as a native folder with its model card."""
     if is_native(cand.model):
         annotate(cand.model, domains=domains, calibration=calibration_record(cfg.calibration))
-        cand.model.save_pretrained(folder, tokenizer=tokenizer)
-    else:
-        cand.model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+    save_model(cand.model, tokenizer, folder)
     log.info("saved %s to %s", cand.name, folder)
 
 

@@ -115,7 +115,8 @@ def _launched_entry(folder: Path, domain: str, suite: Suite, cfg: DictConfig, se
             "processes": res["processes"]}
 
 
-def _save_for_launch(model: torch.nn.Module, tokenizer: Any, folder: Path) -> Path:
+def save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> Path:
+    """``model`` with its tokenizer in ``folder``: a DUME model as a native folder (modeling code, model card)."""
     if is_native(model):
         model.save_pretrained(folder, tokenizer=tokenizer)
     else:
@@ -147,7 +148,7 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
             elif launched(cfg, cand):
                 if folder is None:  # saved once per candidate, removed after it
                     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=cache_root(), prefix="launch-")))
-                    folder = _save_for_launch(model, tokenizer, tmp / "model")
+                    folder = save_model(model, tokenizer, tmp / "model")
                 entry = _launched_entry(folder, domain, suite, cfg, seed)
             else:
                 entry = _in_memory_entry(model, cand, domain, suite, tokenizer, cfg, seed)
