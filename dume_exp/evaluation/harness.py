@@ -2,7 +2,8 @@
 
 :func:`evaluate` wraps the model once in lm-eval's ``HFLM`` (:func:`make_lm`), runs every task in one
 ``simple_evaluate`` call, and returns an :class:`EvalResult` with one headline score per domain,
-its standard error, the item count, the raw lm-eval results and the wall time.
+its standard error, the item count, the per-item outcomes (:mod:`.items`), the raw lm-eval results and the
+wall time.
 
 Standard errors are computed from the per-item values lm-eval logs: closed form
 ``std(ddof=1)/sqrt(n)`` for mean-aggregated metrics (the binomial standard error for 0/1
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .items import task_items
 from .suites import DomainSpec, Suite
 
 
@@ -36,6 +38,7 @@ class DomainScore:
     metric: str
     higher_is_better: bool
     per_task: dict[str, float]
+    items: dict[str, dict[str, Any]] | None = None  # per task, the per-item outcomes (:mod:`.items`)
 
 
 @dataclass
@@ -92,6 +95,14 @@ def _share_requests(lm: Any) -> None:
     lm._rank, lm._world_size = lm.accelerator.process_index, lm.accelerator.num_processes
 
 
+def _aggregation_name(task: Mapping[str, Any], metric: str) -> str | None:
+    for entry in task.get("metric_list") or []:
+        if entry["metric"] == metric and "aggregation" in entry:
+            agg = entry["aggregation"]
+            return agg if isinstance(agg, str) else getattr(agg, "__name__", None)
+    return None
+
+
 def _aggregation(task: Mapping[str, Any], metric: str) -> Callable[[list], float]:
     from lm_eval.api.registry import get_aggregation, get_metric_aggregation
 
@@ -127,7 +138,7 @@ def _stderr(values: list, aggregate: Callable[[list], float], bootstrap_iters: i
 
 def _domain_score(spec: DomainSpec, raw: Mapping[str, Any], bootstrap_iters: int, seed: int) -> DomainScore:
     rng = np.random.default_rng(seed)
-    per_task, stderrs, n = {}, [], 0
+    per_task, stderrs, n, items = {}, [], 0, {}
     for task in spec.tasks:
         name = task["task"]
         results = raw["results"][name]
@@ -137,9 +148,11 @@ def _domain_score(spec: DomainSpec, raw: Mapping[str, Any], bootstrap_iters: int
         values = [s[spec.metric] for s in raw["samples"][name] if s["filter"] == spec.filter]
         n += len(values)
         stderrs.append(_stderr(values, _aggregation(task, spec.metric), bootstrap_iters, rng))
+        items[name] = task_items(raw["samples"][name], spec.metric, spec.filter, _aggregation_name(task, spec.metric),
+                                 per_task[name])
     t = len(per_task)
     stderr = None if any(se is None for se in stderrs) else math.sqrt(sum(se * se for se in stderrs)) / t
-    return DomainScore(sum(per_task.values()) / t, stderr, n, spec.metric, spec.higher_is_better, per_task)
+    return DomainScore(sum(per_task.values()) / t, stderr, n, spec.metric, spec.higher_is_better, per_task, items)
 
 
 def run_suite(lm: Any, suite: Suite, *, limit: int | float | None = None, bootstrap_iters: int = 0, seed: int = 0,

@@ -19,7 +19,7 @@ PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "wr
 # these values, so every configuration from before them keeps its key (and its committed cell).
 KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align",
                         "router.bias": True, "eval.unsafe_code": False, "eval.backend": "inmemory",
-                        "eval.processes": 1}
+                        "eval.processes": 1, "eval.seed": 0}
 
 
 def code_versions() -> dict[str, int]:

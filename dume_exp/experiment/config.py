@@ -108,6 +108,9 @@ class EvalConfig:
     coding_sets: list[str] = field(default_factory=lambda: ["humaneval"])  # <data>/coding/<set>_test.jsonl
     arc_languages: Optional[list[str]] = None  # default: every arc_<lang> file (zoo) / the okapi list (paper)
     bootstrap_iters: int = checked(at_least(0), default=0)
+    # the evaluation's own seed (few-shot draws, sampling), the same for every run seed so that seeds vary what is
+    # built, not what it is scored on (paired comparisons); null: each run seed
+    seed: Optional[int] = 0
     bf16: Optional[bool] = None  # evaluate fp32 models in bf16; null: where the hardware has native bf16
     cache: bool = True  # reuse a score when weights, routing, tasks, data and eval knobs are unchanged
     # execute model-written code (HumanEval) even where bubblewrap cannot isolate it (tables mark such scores)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     if counts is not None and lm.world_size > 1:
         torch.distributed.all_reduce(counts)
     if result is not None:
-        domains = {d: {"score": s.score, "stderr": s.stderr, "n": s.n} for d, s in result.domains.items()}
+        domains = {d: {"score": s.score, "stderr": s.stderr, "n": s.n, "items": s.items} for d, s in result.domains.items()}
         tmp = Path(f"{out}.tmp")
         tmp.write_text(json.dumps({"domains": domains, "wall_s": result.wall_s, "processes": lm.world_size,
                                    "routing_counts": None if counts is None else counts.tolist()}))

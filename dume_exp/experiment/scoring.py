@@ -93,7 +93,7 @@ def _in_memory_entry(model: torch.nn.Module, cand: Candidate, domain: str, suite
                                    limit=domain_limit(cfg, domain), bootstrap_iters=ev.bootstrap_iters, seed=seed,
                                    apply_chat_template=ev.apply_chat_template)
     s = res.domains[domain]
-    return {"score": s.score, "stderr": s.stderr, "n": s.n, "wall_s": res.wall_s,
+    return {"score": s.score, "stderr": s.stderr, "n": s.n, "items": s.items, "wall_s": res.wall_s,
             "routing_counts": routing_counts(model).tolist() if has_moe else None}
 
 
@@ -125,17 +125,24 @@ def save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> Path:
     return folder
 
 
+def evaluation_seed(cfg: DictConfig, seed: int) -> int:
+    """The seed of the evaluation itself (few-shot draws, sampling): ``eval.seed``, or the run's ``seed`` when null."""
+    return seed if cfg.eval.seed is None else cfg.eval.seed
+
+
 def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: Any, seed: int) -> dict[str, Any]:
     """Score every domain (in memory, entering the candidate's routing context per domain, or in a launched job on
-    its saved folder: :func:`launched`) and read routing counts.
+    its saved folder: :func:`launched`) and read routing counts and per-item outcomes.
 
     Scores are cached under :func:`evaluation_key` (``eval.cache``), so a dense expert or an unchanged
-    candidate is evaluated once across runs and sweep cells.
+    candidate is evaluated once across runs, seeds (with a fixed ``eval.seed``) and sweep cells; an entry
+    from before per-item outcomes were kept is scored again.
     """
+    seed = evaluation_seed(cfg, seed)
     model = cand.model
     if use_bf16(cfg.eval.bf16) and next(model.parameters()).dtype == torch.float32:
         model = copy.deepcopy(model).to(torch.bfloat16)  # never convert the shared experts in place
-    scores, stderr, n, counts, wall, cached = {}, {}, {}, {}, 0.0, []
+    scores, stderr, n, items, counts, wall, cached = {}, {}, {}, {}, {}, 0.0, []
     fingerprint = tensor_fingerprint(model.state_dict().values())  # hashing the weights once, not per domain
     with contextlib.ExitStack() as stack:
         folder = None
@@ -143,6 +150,8 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
             key = evaluation_key(fingerprint, model, cand, domain, suite, cfg, seed)
             key_file = cache_root() / "evaluations" / f"{key}.json"
             entry = read_cached_json(key_file) if cfg.eval.cache else None
+            if entry is not None and entry.get("items") is None:
+                entry = None
             if entry is not None:
                 cached.append(domain)
             elif launched(cfg, cand):
@@ -154,9 +163,10 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
                 entry = _in_memory_entry(model, cand, domain, suite, tokenizer, cfg, seed)
             if domain not in cached and cfg.eval.cache:
                 write_checked_json(key_file, entry)
-            scores[domain], stderr[domain], n[domain] = entry["score"], entry["stderr"], entry["n"]
+            scores[domain], stderr[domain], n[domain], items[domain] = (entry["score"], entry["stderr"], entry["n"],
+                                                                        entry["items"])
             wall += entry["wall_s"]
             if entry["routing_counts"] is not None:
                 counts[domain] = entry["routing_counts"]
-    return {"name": cand.name, "scores": scores, "stderr": stderr, "n": n, "eval_wall_s": wall,
+    return {"name": cand.name, "scores": scores, "stderr": stderr, "n": n, "items": items, "eval_wall_s": wall,
             "eval_cached": cached, "cost": asdict(cand.cost), "info": cand.info, "routing_counts": counts}

@@ -17,6 +17,8 @@ from typing import Any
 from ..evaluation.tasks.sandbox import UNISOLATED
 from ..strategies.registry import Role, expert_row, role
 from ..utils.cache import atomic_file, read_checked_json
+from .bootstrap import Interval, PairedBootstrap, has_items
+from .claims import BOOTSTRAP_SEED, N_RESAMPLES, write_claims
 
 
 def retention(score: float, expert_score: float, higher_is_better: bool) -> float:
@@ -79,7 +81,9 @@ def calibration_protocol_note(cal: dict[str, Any]) -> str:
     return note
 
 
-def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]],
+                    intervals: dict[str, Interval] | None = None) -> str:
+    """The table; ``intervals`` (candidate → bootstrap interval of its average retention) adds a CI column."""
     domains = results["domains"]
     cols = domains + ["avg"]
     hib = {d: results["metrics"][d]["higher_is_better"] for d in domains}
@@ -94,14 +98,17 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
     lines = [f"# {results['title']}", ""]
     for section, title, digits in (("raw", "Raw scores", 3), ("retention", "Retention (%)", 1)):
-        lines += [f"## {title}", "", "| strategy | " + " | ".join(cols) + " | build wall s | fwd tokens | bwd tokens |",
-                  "|---" * (len(cols) + 4) + "|"]
+        ci = intervals if section == "retention" and intervals else None
+        lines += [f"## {title}", "", "| strategy | " + " | ".join(cols) + (" | avg 95% CI" if ci else "")
+                  + " | build wall s | fwd tokens | bwd tokens |", "|---" * (len(cols) + 4 + bool(ci)) + "|"]
         winners = {c: best(section, c) for c in cols}
         for r in rows:
             cells = []
             for c in cols:
                 cell = _fmt(*r[section][c], r["n_seeds"], digits)
                 cells.append(f"**{cell}**" if winners[c] == r["name"] else cell)
+            if ci:
+                cells.append(f"[{ci[r['name']].low:.1f}, {ci[r['name']].high:.1f}]" if r["name"] in ci else "")
             cost = r["cost"]
             lines.append(f"| {r['name']} | " + " | ".join(cells)
                          + f" | {cost['wall_s']:.1f} | {round(cost['forward_tokens']):,} | {round(cost['backward_tokens']):,} |")
@@ -111,7 +118,9 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines += [
         f"Metrics: {metric_notes}.",
         "Retention: higher-is-better scores as score / score of that domain's expert × 100; perplexity as "
-        "PPL(expert) / PPL(method) × 100. avg = mean over domains (of raw scores; of retentions).",
+        "PPL(expert) / PPL(method) × 100. avg = mean over domains (of raw scores; of retentions)."
+        + (" avg 95% CI: paired bootstrap over items (and seeds); the paired differences are in claims.md." if intervals
+           else ""),
         "Bold: the best merged model per column (dense experts, the base model and the oracle upper bound are "
         "not ranked).",
         f"Calibration split: **{cal['split']}**" + (" (EVALUATION DATA: router statistics saw the test set)"
@@ -126,23 +135,35 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_csv(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def render_csv(results: dict[str, Any], rows: list[dict[str, Any]],
+               intervals: dict[str, Interval] | None = None) -> str:
     cols = results["domains"] + ["avg"]
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["strategy", "kind"] + cols + [f"{c}_std" for c in cols] + ["wall_s", "forward_tokens", "backward_tokens", "n_seeds"])
+    ci = ["avg_ci_low", "avg_ci_high"] if intervals else []
+    writer.writerow(["strategy", "kind"] + cols + [f"{c}_std" for c in cols] + ci
+                    + ["wall_s", "forward_tokens", "backward_tokens", "n_seeds"])
     for r in rows:
         for kind in ("raw", "retention"):
-            writer.writerow([r["name"], kind] + [r[kind][c][0] for c in cols] + [r[kind][c][1] for c in cols]
+            interval = intervals.get(r["name"]) if intervals and kind == "retention" else None
+            bounds = ([interval.low, interval.high] if interval else ["", ""]) if ci else []
+            writer.writerow([r["name"], kind] + [r[kind][c][0] for c in cols] + [r[kind][c][1] for c in cols] + bounds
                             + [r["cost"]["wall_s"], r["cost"]["forward_tokens"], r["cost"]["backward_tokens"], r["n_seeds"]])
     return buf.getvalue()
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``table.md`` and ``table.csv`` into ``out_dir`` atomically; returns the markdown path."""
+    """Write ``table.md`` and ``table.csv`` (and, for results with per-item outcomes, the bootstrap intervals and
+    ``claims.md``) into ``out_dir`` atomically; returns the markdown path."""
     out_dir = Path(out_dir)
     rows = table_rows(results)
-    for name, text in (("table.md", render_markdown(results, rows)), ("table.csv", render_csv(results, rows))):
+    intervals = None
+    if has_items(results):
+        boot = PairedBootstrap(results, N_RESAMPLES, BOOTSTRAP_SEED)
+        intervals = {name: boot.retention(name) for name in boot.names}
+        write_claims(results, out_dir, boot)
+    for name, text in (("table.md", render_markdown(results, rows, intervals)),
+                       ("table.csv", render_csv(results, rows, intervals))):
         with atomic_file(out_dir / name) as tmp:
             tmp.write_text(text)
     return out_dir / "table.md"

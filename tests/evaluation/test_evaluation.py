@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dume_exp.evaluation.harness import _domain_score, evaluate, run_suite
+from dume_exp.evaluation.items import items_score
 from dume_exp.evaluation.suites import REASONING_HEADLINES, clm_suite, paper_reasoning_suite, reasoning_suite
 from dume_exp.evaluation.tasks import OKAPI_ARC_LANGUAGES, HumanEvalScorer
 from dume_exp.evaluation.tasks.protocol import REFERENCE_GENERATION
@@ -148,13 +149,20 @@ def test_perplexity_matches_independent_forward_pass(data, model_and_tokenizer):
                       bootstrap_iters=200, log_samples=True)
     assert result.suite == "clm-test" and not result.apply_chat_template and result.wall_s > 0
     for domain, docs in CLM_DOCS.items():
-        ll, n_bytes, n_words = 0.0, 0, 0
+        ll, n_bytes, n_words, per_doc = 0.0, 0, 0, []
         for text in docs:
             ids = tok.encode(text)
-            ll += _sequence_logprob(model, [tok.bos_token_id, *ids], len(ids))
+            per_doc.append(_sequence_logprob(model, [tok.bos_token_id, *ids], len(ids)))
+            ll += per_doc[-1]
             n_bytes += len(text.encode("utf-8"))
             n_words += len(re.split(r"\s+", text))
         score = result.domains[domain]
+        # per-document outcomes for paired statistics: log-likelihood and bytes of each document, in file order
+        items = score.items[f"dume_ppl_{domain}_test"]
+        assert items["aggregate"] == "perplexity" and items["doc_id"] == list(range(len(docs)))
+        assert items["num"] == pytest.approx(per_doc, rel=1e-4)
+        assert items["den"] == [len(t.encode("utf-8")) for t in docs]
+        assert items_score(items) == pytest.approx(score.score, rel=1e-12)
         assert score.metric == "byte_perplexity" and score.higher_is_better is False and score.n == len(docs)
         assert score.score == pytest.approx(math.exp(-ll / n_bytes), rel=1e-4)
         raw = result.raw["results"][f"dume_ppl_{domain}_test"]
@@ -218,6 +226,8 @@ def test_gsm8k_exact_match_on_canned_responses(data, nltk_data):
     score = result.domains["math"]
     assert (score.metric, score.n) == ("exact_match", 4)
     assert score.score == sum(flexible) / 4 == 0.75
+    items = score.items["dume_math_gsm8k"]
+    assert (items["aggregate"], items["num"], items["den"]) == ("mean", [float(f) for f in flexible], [1.0] * 4)
     assert score.stderr == pytest.approx(0.25)  # std([1,1,0,1], ddof=1) / sqrt(4)
     assert result.raw["results"]["dume_math_gsm8k"]["exact_match,strict-match"] == sum(strict) / 4
     # the harness prompt: 2 few-shot examples from the train file, then the question
@@ -237,6 +247,7 @@ def test_humaneval_pass_at_1_through_the_harness(data):
     assert sorted(lm.contexts) == sorted(row["prompt"] for row in HUMANEVAL)  # the raw prompt, zero-shot
     per_item = {s["doc"]["task_id"]: s["pass@1"] for s in result.raw["samples"]["dume_coding_humaneval"]}
     assert per_item == {"t/0": 1.0, "t/1": 0.0}
+    assert result.domains["coding"].items["dume_coding_humaneval"]["num"] == [1.0, 0.0]
     exported = json.loads(json.dumps(result.to_dict()))  # JSON-safe despite the scorer object in the configs
     assert exported["domains"]["coding"]["score"] == 0.5 and "HumanEvalScorer" in json.dumps(exported["raw"]["configs"])
 
@@ -258,6 +269,8 @@ def test_ifeval_scores_canned_responses(data, nltk_data):
     score = result.domains["instruction"]
     assert (score.metric, score.n) == ("inst_level_strict_acc", 3)
     assert score.score == pytest.approx(3 / 5)
+    items = score.items["dume_ifeval"]  # instructions followed / given, per prompt (the prompts are the clusters)
+    assert sum(items["num"]) == 3 and sum(items["den"]) == 5 and len(items["den"]) == 3
     assert result.raw["results"]["dume_ifeval"]["prompt_level_strict_acc,none"] == pytest.approx(2 / 3)
     assert score.stderr is not None and 0 < score.stderr < 0.5  # prompt-level bootstrap
 
