@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..experiment.tracking import tracker
+from ..reporting.claims import update_readme
 from ..reporting.sweep_tables import sweep_report
 from ..reporting.publish import publish_tables
 from ..reporting.tables import load_results, merge_results
@@ -17,14 +18,18 @@ from ..utils.cache import write_checked_json
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dume_exp.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run folders or results.json files; or a sweep's cells/ folder")
+    parser.add_argument("runs", nargs="*", help="run folders or results.json files; or a sweep's cells/ folder")
     parser.add_argument("--out", help="output folder (default: results/<experiment>; for cells, their parent)")
     parser.add_argument("--figures", default="results/figures", help="folder of the PNG figures")
     parser.add_argument("--merge", action="store_true", help="one table from several runs of one experiment")
     parser.add_argument("--logger", choices=("wandb", "none"), default="wandb",
                         help="log the figures to a wandb run (offline unless WANDB_MODE says otherwise) "
                              "under outputs/report/")
+    parser.add_argument("--readme", nargs="?", const="README.md", metavar="PATH",
+                        help="then regenerate the claims section of PATH (default README.md) from results/*/claims.json")
     args = parser.parse_args(argv)
+    if not args.runs and not args.readme:
+        parser.error("name at least one run folder, results file or cells folder, or pass --readme")
     figures = Path(args.figures)
 
     def table_dir(results: dict[str, Any]) -> Path:
@@ -48,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 results = load_results(run)
                 written += publish_tables(results, table_dir(results), figures, track)
+    if args.readme:
+        claims = sorted(Path("results").glob("*/claims.json"))
+        if update_readme(Path(args.readme), claims):
+            written.append(Path(args.readme))
     for path in written:
         print(f"wrote {path}")
 

@@ -103,10 +103,10 @@ def publish(cfg: DictConfig, results: dict[str, Any], run_dir: Path, track: Trac
     write_checked_json(cell_path(cfg), results)
     write_report(results, run_dir)
     figure = routing_figure(results, run_dir / "routing_dume.png")
-    if figure is not None and track is not None:
+    if cfg.write_table:  # logs the published figure and the claims to the run's tracker
+        publish_tables(results, Path(cfg.results_dir) / cfg.experiment, Path(cfg.results_dir) / "figures", track)
+    elif figure is not None and track is not None:
         track.log_image("figures/routing_dume", figure)
-    if cfg.write_table:
-        publish_tables(results, Path(cfg.results_dir) / cfg.experiment, Path(cfg.results_dir) / "figures")
 
 
 def record_retention(rows: list[dict[str, Any]], cols: list[str], model_dirs: list[Path]) -> None:

@@ -9,8 +9,22 @@ from typing import Any
 
 from ..strategies.registry import expert_row
 from ..utils.cache import atomic_file, read_checked_json
+from .bootstrap import PairedBootstrap, has_items
+from .claims import BOOTSTRAP_SEED, N_RESAMPLES
 from .figures import plt, save_figure
 from .tables import table_rows
+
+
+def avg_intervals(cell: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Each candidate's 95% bootstrap interval of its average retention (empty for cells without per-item outcomes)."""
+    if not has_items(cell):
+        return {}
+    boot = PairedBootstrap(cell, N_RESAMPLES, BOOTSTRAP_SEED)
+    return {n: (boot.retention(n).low, boot.retention(n).high) for n in boot.names}
+
+
+def _ci(interval: tuple[float, float] | None) -> str:
+    return f"[{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "n/a"
 
 
 def load_cells(folder: Path) -> list[dict[str, Any]]:
@@ -41,16 +55,22 @@ def lambda_sweep(cells: list[dict[str, Any]], out: Path, figure: Path, name: str
     """Retention of ``name`` vs λ (per domain and average; GCV's ``auto`` as a dashed line): ``out/lambda.md``
     and the PNG ``figure``."""
     points: dict[Any, dict[str, float]] = {}
+    cis: dict[Any, tuple[float, float] | None] = {}
     for cell in cells:
         row = next((r for r in table_rows(cell) if r["name"] == name), None)
         if row is not None:
-            points[_lam_value(cell["config"]["router"]["lam"])] = {c: v[0] for c, v in row["retention"].items()}
+            lam = _lam_value(cell["config"]["router"]["lam"])
+            points[lam] = {c: v[0] for c, v in row["retention"].items()}
+            cis[lam] = avg_intervals(cell).get(name)
     domains = cells[0]["domains"] + ["avg"]
     numeric = sorted(k for k in points if k != "auto")
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, col in enumerate(domains):
         style = dict(color="black", linewidth=2.5) if col == "avg" else dict(color=f"C{i}")
         ax.plot(numeric, [points[k][col] for k in numeric], marker="o", label=col, **style)
+        if col == "avg" and all(cis.get(k) for k in numeric):
+            ax.fill_between(numeric, [cis[k][0] for k in numeric], [cis[k][1] for k in numeric], color="black",
+                            alpha=0.12, label="avg 95% CI")
         if "auto" in points:
             ax.axhline(points["auto"][col], linestyle="--", linewidth=1, **{k: v for k, v in style.items() if k == "color"})
     ax.set_xscale("log")
@@ -59,11 +79,12 @@ def lambda_sweep(cells: list[dict[str, Any]], out: Path, figure: Path, name: str
     ax.legend(fontsize=8, ncol=len(domains), loc="upper center", bbox_to_anchor=(0.5, -0.16))
     save_figure(fig, figure)
     keys = numeric + (["auto"] if "auto" in points else [])
-    lines = [f"# λ sweep: {name} ({cells[0]['experiment']})", "", "| λ | " + " | ".join(domains) + " |",
-             "|---" * (len(domains) + 1) + "|"]
-    lines += [f"| {k} | " + " | ".join(f"{points[k][c]:.1f}" for c in domains) + " |" for k in keys]
+    lines = [f"# λ sweep: {name} ({cells[0]['experiment']})", "", "| λ | " + " | ".join(domains) + " | avg 95% CI |",
+             "|---" * (len(domains) + 2) + "|"]
+    lines += [f"| {k} | " + " | ".join(f"{points[k][c]:.1f}" for c in domains) + f" | {_ci(cis[k])} |" for k in keys]
     lines += ["", "Retention (%) against each domain's dense expert; `auto` = per-layer λ chosen by generalised "
-              f"cross-validation from the same statistics. Figure: {figure}.", "", collection_summary(cells, name)]
+              "cross-validation from the same statistics; avg 95% CI: paired bootstrap over items and seeds (n/a: a "
+              f"cell without per-item outcomes). Figure: {figure}.", "", collection_summary(cells, name)]
     print(lines[-1])
     return _write(out / "lambda.md", lines), figure
 
@@ -76,13 +97,14 @@ def experts_sweep(cells: list[dict[str, Any]], out: Path, figure: Path) -> tuple
     for cell in cells:
         mode, k = cell["config"]["router"]["statistics"], len(cell["domains"])
         experts = {expert_row(d) for d in cell["domains"]}
+        cis = avg_intervals(cell)
         for row in table_rows(cell):
             if row["name"] in experts:  # a dense expert's average retention is not comparable across subsets
                 continue
             label = row["name"]
             key = (label, mode if label == "dume" else "n/a")  # only DUME depends on the statistics mode
             series[key][k].append(row["retention"]["avg"][0])
-            lines_rows.append((k, "+".join(cell["domains"]), label, key[1], row["retention"]["avg"][0]))
+            lines_rows.append((k, "+".join(cell["domains"]), label, key[1], row["retention"]["avg"][0], cis.get(label)))
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, ((label, mode), by_k) in enumerate(sorted(series.items())):
         ks = sorted(by_k)
@@ -96,16 +118,17 @@ def experts_sweep(cells: list[dict[str, Any]], out: Path, figure: Path) -> tuple
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
     save_figure(fig, figure)
-    lines = [f"# Expert-count sweep ({cells[0]['experiment']})", "", "| experts | subset | strategy | statistics | avg retention (%) |",
-             "|---|---|---|---|---|"]
+    lines = [f"# Expert-count sweep ({cells[0]['experiment']})", "",
+             "| experts | subset | strategy | statistics | avg retention (%) | 95% CI |", "|---|---|---|---|---|---|"]
     seen = set()
-    for k, subset, label, mode, value in sorted(lines_rows):
+    for k, subset, label, mode, value, ci in sorted(lines_rows, key=lambda r: r[:5]):
         if (subset, label, mode) in seen:  # baselines do not depend on the statistics mode
             continue
         seen.add((subset, label, mode))
-        lines.append(f"| {k} | {subset} | {label} | {mode} | {value:.1f} |")
+        lines.append(f"| {k} | {subset} | {label} | {mode} | {value:.1f} | {_ci(ci)} |")
     lines += ["", "exact: statistics recollected under the subset's averaged backbone; fast: the full set's "
-              f"statistics reused (no forward pass). Figure: {figure}."]
+              "statistics reused (no forward pass). 95% CI: paired bootstrap over items and seeds (n/a: a cell "
+              f"without per-item outcomes). Figure: {figure}."]
     return _write(out / "experts.md", lines), figure
 
 
