@@ -1,5 +1,5 @@
 """Micro-benchmarks that print numbers and ratios: ``python -m dume_exp.bench moe|router-step|add-expert|load|sandbox|
-statistics|eval-precision [--help]``."""
+statistics|eval-precision|router-training [--help]``."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,8 @@ from ..method.moe import dispatch_mode, force_expert, moe_blocks
 from ..method.ridge import fit_routers
 from ..method.router_statistics import RouterStatistics, collect_statistics
 from ..method.upcycle import upcycle
+from ..strategies.router_training import bf16_training_copy, trainable_router_parameters
+from ..utils.hardware import native_bf16
 
 
 def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -261,9 +263,46 @@ def bench_eval_precision(args: argparse.Namespace) -> None:
     print(f"bfloat16 / float32 time: {t['bfloat16'] / t['float32']:.3f}x   ({faster} is faster here)")
 
 
+def bench_router_training(args: argparse.Namespace) -> None:
+    """Router-training steps per second (forward and backward to the routers) of the upcycled model under bf16
+    autocast, as a bf16 copy with fp32 routers (router training's bf16 path) and in fp32; and how far each one's
+    router gradient is from the fp32 one."""
+    moe = upcycle(_experts(args), top_k=args.top_k)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq_len))
+    params = trainable_router_parameters(moe)
+    copy16 = bf16_training_copy(moe, params)
+    moe.train(), copy16.train()
+
+    def step(model: torch.nn.Module, autocast: bool = False) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            for p in params:
+                p.grad = None
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            return torch.cat([p.grad.flatten() for p in params])
+        return call
+
+    fns = {"bf16 autocast": step(moe, autocast=True), "bf16 copy, fp32 routers": step(copy16), "fp32": step(moe)}
+    print(_header(args).replace(args.dtype, "precision as named"))
+    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; native bf16: {native_bf16('cpu')}")
+    grads = {name: fn() for name, fn in fns.items()}
+    t = _interleaved_medians(fns, args.repeats)
+    ref = grads["fp32"]
+    for name, secs in t.items():
+        g = grads[name]
+        print(f"{name:<24} {1 / secs:7.3f} steps/s  {ids.numel() / secs:8.0f} tokens/s   router gradient vs fp32: "
+              f"relative error {float((g - ref).norm() / ref.norm()):.4f}, cosine "
+              f"{float(torch.nn.functional.cosine_similarity(g, ref, dim=0)):.5f}")
+    print(f"bf16 copy / autocast speed: {t['bf16 autocast'] / t['bf16 copy, fp32 routers']:.2f}x   "
+          f"autocast / fp32: {t['fp32'] / t['bf16 autocast']:.2f}x   bf16 copy / fp32: "
+          f"{t['fp32'] / t['bf16 copy, fp32 routers']:.2f}x")
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "moe": bench_moe, "router-step": bench_router_step, "add-expert": bench_add_expert, "load": bench_load,
-    "sandbox": bench_sandbox, "statistics": bench_statistics, "eval-precision": bench_eval_precision}
+    "sandbox": bench_sandbox, "statistics": bench_statistics, "eval-precision": bench_eval_precision,
+    "router-training": bench_router_training}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "wr
 # these values, so every configuration from before them keeps its key (and its committed cell).
 KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align",
                         "router.bias": True, "eval.unsafe_code": False, "eval.backend": "inmemory",
-                        "eval.processes": 1, "eval.seed": 0}
+                        "eval.processes": 1, "eval.seed": 0, "router_training.checkpoints": []}
 
 
 def code_versions() -> dict[str, int]:
@@ -33,6 +33,15 @@ def code_versions() -> dict[str, int]:
 
     return {"router_training": ROUTER_TRAINING_VERSION, "collector": COLLECTOR_VERSION, "clm_data": CLM_DATA_VERSION,
             "reasoning_data": REASONING_DATA_VERSION, "expert_training": TRAIN_CODE_VERSION}
+
+
+def setting_versions(cfg: DictConfig) -> dict[str, int]:
+    """Versions of changes that alter results only under some settings, keyed only where those apply (so every
+    other configuration keeps its cell): bf16 router training of BTX / DUME+."""
+    from ..strategies.router_training import BF16_TRAINING_VERSION
+
+    trains = any(cfg.strategy.get(name) for name in ("btx", "dume_plus"))
+    return {"router_training_bf16": BF16_TRAINING_VERSION} if trains and cfg.router_training.bf16 else {}
 
 
 def drop_neutral_defaults(config: dict[str, Any]) -> dict[str, Any]:
@@ -53,11 +62,11 @@ KEY_GROUP_NAMES = {new: old for old, new in RENAMED_GROUPS.items()}
 def cell_path(cfg: DictConfig) -> Path:
     """Where the results of this exact configuration are kept, keyed by the hash of what determines them
     (the configuration without its presentation keys and key-neutral defaults, renamed groups under their
-    :data:`KEY_GROUP_NAMES`, and :func:`code_versions`)."""
+    :data:`KEY_GROUP_NAMES`, :func:`code_versions` and :func:`setting_versions`)."""
     cfg = cfg.copy()
     resolve_auto_precision(cfg)  # a null bf16 switch keys as the precision this machine uses
     resolved = drop_neutral_defaults(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     config = {KEY_GROUP_NAMES.get(k, k): v for k, v in resolved.items() if k not in PRESENTATION_KEYS}
-    key = recipe_key({"config": config, "code": code_versions()}, length=20)
+    key = recipe_key({"config": config, "code": {**code_versions(), **setting_versions(cfg)}}, length=20)
     return Path(cfg.results_dir) / cfg.experiment / "cells" / f"{key}.json"
 

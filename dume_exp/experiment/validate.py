@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from ..evaluation.tasks.sandbox import ISOLATED, UNISOLATED, SandboxLimits, isolation_problem, require_isolation
 from ..strategies import STRATEGIES
+from ..strategies.router_training import RouterTrainingConfig
 from ..zoo.train import TrainConfig
 from .config import check_config
 
@@ -45,11 +46,12 @@ def parse_lambda(value: Any) -> float | str:
 def validate(cfg: DictConfig) -> None:
     """Fail before any model is loaded or the zoo built: the schema's keys and ranges
     (:func:`~dume_exp.experiment.config.check_config`; OmegaConf checked the choices at compose time), strategy
-    names, λ, the calibration protocol, and the settings that must agree with each other (domains,
+    names, λ, the router-training checkpoints, the calibration protocol, and the settings that must agree with each other (domains,
     ``router.top_k``, the zoo's)."""
     check_config(cfg)
     selected_strategies(cfg)
     parse_lambda(cfg.router.lam)
+    RouterTrainingConfig(**cfg.router_training)  # its own checks: router_training.checkpoints against steps
     cal = cfg.calibration
     if cal.split == "test" and not cal.allow_eval_split:
         raise ValueError("calibration.split=test uses the evaluation data for the routers (test leakage, the reference "

@@ -12,7 +12,8 @@ from ..utils.cache import atomic_file, read_checked_json
 from .bootstrap import PairedBootstrap, has_items
 from .claims import BOOTSTRAP_SEED, N_RESAMPLES
 from .figures import plt, save_figure
-from .tables import table_rows
+from .router_curve import has_checkpoint_rows, router_curve_figure, router_curve_table
+from .tables import table_rows, write_report
 
 
 def avg_intervals(cell: dict[str, Any]) -> dict[str, tuple[float, float]]:
@@ -138,14 +139,28 @@ def _write(path: Path, lines: list[str]) -> Path:
     return path
 
 
+def router_training_sweep(cells: list[dict[str, Any]], out: Path, figure: Path) -> tuple[Path, Path]:
+    """The router-training sweep, one cell (one training run per strategy, scored at its checkpoints): the cell's
+    table and ``out/router_training.md``, and the curve ``figure``."""
+    if len(cells) != 1:
+        raise ValueError(f"{len(cells)} cells hold router-training checkpoint rows; the curve is one run's: pass that "
+                         "run's cell file (python -m dume_exp.report <cells>/<key>.json --out <folder>).")
+    cell, ci = cells[0], avg_intervals(cells[0])
+    write_report(cell, out)
+    return router_curve_table(cell, out / "router_training.md", ci), router_curve_figure(cell, figure, ci)
+
+
 def sweep_report(folder: Path, out: Path, figures: Path) -> tuple[Path, Path]:
-    """Detect which knob the cells vary (λ or the expert subset) and write that sweep's table (in ``out``) and
-    figure (``figures/<lambda|experts>_<experiment>.png``)."""
+    """Detect which knob the cells vary (λ, the expert subset, or router-training checkpoints within one cell) and
+    write that sweep's table (in ``out``) and figure (``figures/<lambda|experts|router_training>_<experiment>.png``)."""
     cells = load_cells(folder)
     experiment = cells[0]["experiment"]
     if len({json.dumps(c["config"]["router"]["lam"]) for c in cells}) > 1:
         return lambda_sweep(cells, out, figures / f"lambda_{experiment}.png")
     if len({json.dumps(c["config"]["experts"].get("subset")) for c in cells}) > 1:
         return experts_sweep(cells, out, figures / f"experts_{experiment}.png")
-    raise ValueError(f"The cells in {folder} vary neither router.lam nor experts.subset; nothing to sweep over.")
+    if any(has_checkpoint_rows(c) for c in cells):
+        return router_training_sweep(cells, out, figures / f"router_training_{experiment}.png")
+    raise ValueError(f"The cells in {folder} vary neither router.lam nor experts.subset and hold no router-training "
+                     "checkpoints; nothing to sweep over.")
 

@@ -6,7 +6,7 @@ importing :mod:`dume_exp.strategies` imports every strategy module, which fills 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -23,7 +23,7 @@ class Role(str, Enum):
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    build: Callable[[Any], list[Any]]  # BuildContext -> list[Candidate]
+    build: Callable[[Any], Iterable[Any]]  # BuildContext -> Candidates (a list, or a generator yielding them lazily)
     role: Role
     order: int  # row order of every table (and build order of a run)
 
@@ -32,7 +32,7 @@ STRATEGIES: dict[str, Strategy] = {}  # in row order
 
 
 def register(name: str, *, order: int, role: Role = Role.RANKED) -> Callable:
-    """Decorator: register ``fn(ctx) -> list[Candidate]`` as strategy ``name``."""
+    """Decorator: register ``fn(ctx) -> list[Candidate]`` (or a generator of them) as strategy ``name``."""
     def deco(fn: Callable) -> Callable:
         if name in STRATEGIES:
             raise ValueError(f"strategy {name!r} registered twice")
@@ -43,8 +43,9 @@ def register(name: str, *, order: int, role: Role = Role.RANKED) -> Callable:
     return deco
 
 
-def build(name: str, ctx: Any) -> list[Any]:
-    """The candidates of strategy ``name`` for the build context ``ctx``."""
+def build(name: str, ctx: Any) -> Iterable[Any]:
+    """The candidates of strategy ``name`` for the build context ``ctx``. A generator may yield candidates that
+    share one model, changed between them: score each before asking for the next."""
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}; choose from {sorted(STRATEGIES)}.")
     return STRATEGIES[name].build(ctx)
@@ -60,3 +61,15 @@ def expert_row(domain: str) -> str:
 
 
 BASE_ROW = "base"  # the candidate name of strategy base_model
+
+
+def checkpoint_row(strategy: str, step: int) -> str:
+    """The candidate name of ``strategy``'s model after ``step`` router-training steps (``router_training.
+    checkpoints``)."""
+    return f"{strategy}@{step}"
+
+
+def checkpoint_of(name: str) -> tuple[str, int] | None:
+    """``(strategy, step)`` of a :func:`checkpoint_row` name, else ``None``."""
+    strategy, at, step = name.rpartition("@")
+    return (strategy, int(step)) if at and strategy and step.isdigit() else None

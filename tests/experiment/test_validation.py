@@ -44,6 +44,10 @@ BAD = {
     "repeated_domain": (["experts.domains=[math,math]", "eval.domain_limit={}", "eval.domain_max_gen_toks={}"],
                         ValueError, ["experts.domains", "≥ 2 distinct domains", "['math', 'math']"]),
     "processes": (["eval.processes=2"], ValueError, ["eval.processes=2 needs eval.backend=hf"]),
+    "checkpoint_order": (["router_training.checkpoints=[0,15,10]"], ValueError,
+                         ["router_training.checkpoints=[0, 15, 10]", "10 does not come after 15", "increasing order"]),
+    "checkpoint_steps": (["router_training.steps=20", "router_training.checkpoints=[0,25]"], ValueError,
+                         ["25 is outside [0, steps=20]", "between 0 and router_training.steps=20"]),
 }
 
 # A bad choice of an enumerated setting fails at compose time: (override, what the error must name: the key, the
