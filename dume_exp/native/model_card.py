@@ -27,7 +27,9 @@ def _settings(layout: dict[str, Any], prov: dict[str, Any]) -> list[str]:
     lines = [f"- experts per layer: {layout['num_experts']}; top-k: {_layout_text(layout['top_k'])}; "
              f"router temperature: {_layout_text(layout['temperature'])}"]
     router = prov.get("router")
-    if router:
+    if router and router.get("method", "ridge") != "ridge":
+        lines.append(f"- routers: {router.get('description', router['method'])}")
+    elif router:
         lines.append(f"- routers: closed-form ridge regression, λ = {router.get('lam')}, "
                      f"feature normalisation: {router.get('normalize')}, bias: {router.get('bias', True)}")
     else:

@@ -25,8 +25,8 @@ def test_app_writes_results_and_a_consistent_table(micro_setup):
     assert (micro_setup / "run" / "resolved_config.yaml").exists() and (micro_setup / "run" / "table.md").exists()
     results = json.loads((micro_setup / "run" / "results.json").read_text())
     rows = {r["name"]: r for r in results["seeds"][0]["rows"]}
-    assert list(rows) == ["expert:prose", "expert:code", "base", "weight_average", "oracle", "random_routing", "dume",
-                          "btx", "dume_plus"]
+    assert list(rows) == ["expert:prose", "expert:code", "base", "weight_average", "oracle", "random_routing",
+                          "nearest_centroid", "mergekit_hidden", "mergekit_cheap_embed", "dume", "btx", "dume_plus"]
     assert rows["btx"]["cost"]["backward_tokens"] > 0 and rows["dume"]["cost"]["backward_tokens"] == 0
     assert len(rows["dume"]["routing_counts"]["prose"]) == 2  # layers × experts counts logged per domain
     # Shared backbone: the oracle routes each domain to its own expert, so it has exactly its perplexity

@@ -33,8 +33,9 @@ def test_every_strategy_builds_its_candidates(tmp_path):
     names = {name: [c.name for c in build(name, ctx)] for name in STRATEGIES}
     assert names == {
         "dense_expert": ["expert:code", "expert:law"], "base_model": ["base"], "weight_average": ["weight_average"],
-        "oracle": ["oracle"], "random_routing": ["random_routing"], "dume": ["dume"], "btx": ["btx"],
-        "dume_plus": ["dume_plus"],
+        "oracle": ["oracle"], "random_routing": ["random_routing"], "nearest_centroid": ["nearest_centroid"],
+        "mergekit_hidden": ["mergekit_hidden"], "mergekit_cheap_embed": ["mergekit_cheap_embed"], "dume": ["dume"],
+        "btx": ["btx"], "dume_plus": ["dume_plus"],
     }
     with pytest.raises(ValueError, match="Unknown strategy 'dumee'"):
         build("dumee", ctx)
