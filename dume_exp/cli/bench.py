@@ -9,6 +9,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -299,10 +300,38 @@ def bench_router_training(args: argparse.Namespace) -> None:
           f"{t['fp32'] / t['bf16 copy, fp32 routers']:.2f}x")
 
 
+def _synthetic_results(n_candidates: int, n_seeds: int, tasks: dict[str, list[int]], rng: np.random.Generator) -> dict:
+    """A results dict of per-item 0/1 outcomes: ``tasks`` maps each domain to its tasks' item counts."""
+    names = [f"expert:{d}" for d in tasks] + [f"candidate{i}" for i in range(n_candidates - len(tasks))]
+
+    def items(n: int) -> dict:
+        return {"aggregate": "mean", "doc_id": list(range(n)), "num": rng.integers(0, 2, n).astype(float).tolist(),
+                "den": [1.0] * n}
+
+    seeds = [{"seed": s, "rows": [{"name": name, "items": {d: {f"{d}{t}": items(n) for t, n in enumerate(ns)}
+                                                           for d, ns in tasks.items()}} for name in names]}
+             for s in range(n_seeds)]
+    return {"domains": list(tasks), "metrics": {d: {"higher_is_better": True} for d in tasks}, "seeds": seeds}
+
+
+def bench_bootstrap(args: argparse.Namespace) -> None:
+    """Paired bootstrap of a full reasoning-sized table: 10,000 resamples, every candidate's interval (goal < 10 s)."""
+    from ..reporting.bootstrap import PairedBootstrap
+
+    tasks = {"math": [60], "multilingual": [15] * 4, "coding": [40], "instruction": [20]}
+    results = _synthetic_results(20, 3, tasks, np.random.default_rng(args.seed))
+    start = time.perf_counter()
+    boot = PairedBootstrap(results, n_resamples=10_000, seed=args.seed)
+    intervals = [boot.retention(n) for n in boot.names] + [boot.difference(n, boot.names[-1]) for n in boot.names]
+    wall = time.perf_counter() - start
+    print(f"20 candidates x 3 seeds x {sum(map(sum, tasks.values()))} items, 10,000 resamples, {len(intervals)} "
+          f"intervals: {wall:.2f} s ({wall / 10:.3f}x the 10 s goal)")
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "moe": bench_moe, "router-step": bench_router_step, "add-expert": bench_add_expert, "load": bench_load,
     "sandbox": bench_sandbox, "statistics": bench_statistics, "eval-precision": bench_eval_precision,
-    "router-training": bench_router_training}
+    "router-training": bench_router_training, "bootstrap": bench_bootstrap}
 
 
 def main(argv: list[str] | None = None) -> None:
