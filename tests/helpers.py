@@ -87,6 +87,7 @@ def run_app(root: Path, *overrides: str) -> subprocess.CompletedProcess:
            f"+experts.models.prose={root}/experts/prose", f"+experts.models.code={root}/experts/code",
            f"experts.data_dir={root}/data", f"experts.base={root}/base", "eval.batch_size=4", "progress=false",
            "router_training.steps=2", "router_training.seq_len=32", "router_training.batch_size=4", "router.max_tokens_per_sequence=32",
+           "seeds=null",  # one seed (the experiments run three)
            f"results_dir={root}/results", f"hydra.run.dir={root}/run", *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
