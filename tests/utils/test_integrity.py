@@ -132,12 +132,14 @@ def _score_setup(monkeypatch, tmp_path) -> tuple[list[int], callable]:
 
     def fake_evaluate(model, tokenizer, suite, **kwargs):
         calls.append(1)
-        return SimpleNamespace(domains={"d": SimpleNamespace(score=0.5, stderr=0.125, n=8)}, wall_s=2.0)
+        items = {"t": {"aggregate": "mean", "doc_id": [0, 1], "num": [1.0, 0.0], "den": [1.0, 1.0]}}
+        return SimpleNamespace(domains={"d": SimpleNamespace(score=0.5, stderr=0.125, n=8, items=items)}, wall_s=2.0)
 
     monkeypatch.setattr(scoring, "evaluate", fake_evaluate)
     cfg = OmegaConf.create({"eval": {"bf16": False, "cache": True, "batch_size": 1, "protocol": "harness",
                                      "apply_chat_template": False, "max_gen_toks": 8, "bootstrap_iters": 0,
-                                     "limit": 4, "domain_limit": {}, "backend": "inmemory", "processes": 1}})
+                                     "limit": 4, "domain_limit": {}, "backend": "inmemory", "processes": 1,
+                                     "seed": 0}})
     suite = Suite("s", {"d": DomainSpec(tasks=({"task": "t"},), metric="acc")})
     cand = Candidate("dense", make_experts(1)[0])
     return calls, lambda: scoring.score_candidate(cand, cfg, suite, None, seed=0)
