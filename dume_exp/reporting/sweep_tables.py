@@ -21,7 +21,8 @@ def avg_intervals(cell: dict[str, Any]) -> dict[str, tuple[float, float]]:
     if not has_items(cell):
         return {}
     boot = PairedBootstrap(cell, N_RESAMPLES, BOOTSTRAP_SEED)
-    return {n: (boot.retention(n).low, boot.retention(n).high) for n in boot.names}
+    intervals = {n: boot.retention(n) for n in boot.names}
+    return {n: (i.low, i.high) for n, i in intervals.items()}
 
 
 def _ci(interval: tuple[float, float] | None) -> str:
