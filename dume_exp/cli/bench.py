@@ -1,5 +1,5 @@
 """Micro-benchmarks that print numbers and ratios: ``python -m dume_exp.bench moe|router-step|add-expert|load|sandbox|
-statistics|eval-precision|router-training [--help]``."""
+statistics|eval-precision|router-training|expert-step|bootstrap [--help]``."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,7 @@ from ..method.router_statistics import RouterStatistics, collect_statistics
 from ..method.upcycle import upcycle
 from ..strategies.router_training import bf16_training_copy, trainable_router_parameters
 from ..utils.hardware import native_bf16
+from ..zoo.train import ADAM_BETAS, select_trainable
 
 
 def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -300,6 +301,39 @@ def bench_router_training(args: argparse.Namespace) -> None:
           f"{t['fp32'] / t['bf16 copy, fp32 routers']:.2f}x")
 
 
+def bench_expert_step(args: argparse.Namespace) -> None:
+    """One zoo fine-tuning step (forward, backward, clipping, AdamW) of a dense expert: every parameter against the
+    MLPs only, in fp32, and under bf16 autocast where this machine has native bf16 (emulated bf16 is skipped)."""
+    model = _experts(argparse.Namespace(**{**vars(args), "experts": 1}))[0].train()
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq_len))
+
+    def step(trainable: str, bf16: bool) -> Callable[[], object]:
+        params = [p for _, p in select_trainable(model, trainable)]
+        optimizer = torch.optim.AdamW(params, lr=1e-5, betas=ADAM_BETAS)
+
+        def call() -> object:
+            select_trainable(model, trainable)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return call
+
+    fns = {"fp32, all parameters": step("all", False), "fp32, MLPs only": step("mlp", False)}
+    if native_bf16("cpu"):
+        fns["bf16 autocast, all parameters"] = step("all", True)
+    print(_header(args).replace(args.dtype, "precision as named"))
+    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}; native bf16: {native_bf16('cpu')}"
+          + ("" if native_bf16("cpu") else " (emulated bf16 not timed: eval-precision shows its cost)"))
+    t = _interleaved_medians(fns, args.repeats)
+    for name, secs in t.items():
+        print(f"{name:<30} {secs:8.2f} s/step   {ids.numel() / secs:8.0f} tokens/s")
+    ref = t["fp32, all parameters"]
+    print("; ".join(f"{name} / fp32 all: {secs / ref:.3f}x" for name, secs in t.items() if name != "fp32, all parameters"))
+
+
 def _synthetic_results(n_candidates: int, n_seeds: int, tasks: dict[str, list[int]], rng: np.random.Generator) -> dict:
     """A results dict of per-item 0/1 outcomes: ``tasks`` maps each domain to its tasks' item counts."""
     names = [f"expert:{d}" for d in tasks] + [f"candidate{i}" for i in range(n_candidates - len(tasks))]
@@ -331,7 +365,7 @@ def bench_bootstrap(args: argparse.Namespace) -> None:
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "moe": bench_moe, "router-step": bench_router_step, "add-expert": bench_add_expert, "load": bench_load,
     "sandbox": bench_sandbox, "statistics": bench_statistics, "eval-precision": bench_eval_precision,
-    "router-training": bench_router_training, "bootstrap": bench_bootstrap}
+    "router-training": bench_router_training, "expert-step": bench_expert_step, "bootstrap": bench_bootstrap}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..utils.cache import recipe_key
-from .config import RENAMED_GROUPS, resolve_auto_precision
+from .config import RENAMED_GROUPS, VllmConfig, resolve_auto_precision
 
 
 # Config entries that do not change a run's numbers (left out of its cell key).
@@ -19,7 +20,8 @@ PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "wr
 # these values, so every configuration from before them keeps its key (and its committed cell).
 KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align",
                         "router.bias": True, "eval.unsafe_code": False, "eval.backend": "inmemory",
-                        "eval.processes": 1, "eval.seed": 0, "router_training.checkpoints": []}
+                        "eval.processes": 1, "eval.seed": 0, "router_training.checkpoints": [],
+                        "eval.vllm": asdict(VllmConfig())}
 
 
 def code_versions() -> dict[str, int]:

@@ -62,6 +62,7 @@ class CalibrationText(Choice):
 class EvalBackend(Choice):
     inmemory = "inmemory"  # lm-eval on the candidate in this process
     hf = "hf"  # lm-eval on the saved folder in eval.processes processes launched by torchrun (one per device)
+    vllm = "vllm"  # lm-eval's vLLM model on the candidate exported to a stock class, after the parity gate (GPU)
 
 
 class LoggerKind(Choice):
@@ -91,6 +92,22 @@ class ExpertsConfig:
 
 
 @dataclass
+class VllmConfig:
+    """``eval.backend=vllm``: the export, the engine and its parity gate (:mod:`~dume_exp.experiment.vllm_scoring`)."""
+
+    arch: Optional[str] = None  # stock class of a DUME model's export; null: the one that takes its experts
+    dtype: str = "auto"  # vLLM's dtype (auto: the exported checkpoint's)
+    tensor_parallel_size: int = checked(at_least(1), default=1)
+    gpu_memory_utilization: float = 0.8
+    max_model_len: Optional[int] = checked(at_least(2), default=None)
+    parity_sequences: int = checked(at_least(1), default=2)  # per domain, from the seed's calibration texts
+    parity_tokens: int = checked(at_least(2), default=128)  # at most, per sequence
+    parity_top_k: int = checked(at_least(1), default=5)
+    parity_tolerance: float = 5e-2  # max |Δ log p| of the reference's top tokens at any position
+    parity_max_disagreement: float = 0.01  # share of positions whose most likely next token may differ
+
+
+@dataclass
 class EvalConfig:
     suite: EvalSuite = EvalSuite.zoo_reasoning
     split: Split = Split.test
@@ -117,6 +134,7 @@ class EvalConfig:
     unsafe_code: bool = False
     backend: EvalBackend = EvalBackend.inmemory
     processes: int = checked(at_least(1), default=1)  # eval.backend=hf: data-parallel processes (GPUs)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from .config import resolve_auto_precision
 from .experts import ExpertSet, load_expert_set
 from ..evaluation import Suite
 from .scoring import build_suite, save_model, score_candidate
+from .vllm_scoring import parity_sequences
 from .tracking import Tracker, tracker
 from .validate import code_sandbox, parse_lambda, selected_strategies, validate
 
@@ -78,11 +79,14 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
     subset = expert_set.domains != expert_set.all_domains
     parent = context(expert_set.all_domains, expert_set.all_experts, None) if subset and r.statistics == "fast" else None
     ctx = context(expert_set.domains, expert_set.experts, parent)
+    v = cfg.eval.vllm
+    gate = (parity_sequences(tok, {d: texts[d] for d in expert_set.domains}, v.parity_sequences, v.parity_tokens)
+            if cfg.eval.backend == "vllm" else ())
     rows = []
     for strategy in selected_strategies(cfg):
         for cand in build(strategy, ctx):
             log.info("seed %d: scoring %s (built in %.1fs)", seed, cand.name, cand.cost.wall_s)
-            row = {"strategy": strategy, **score_candidate(cand, cfg, suite, tok, seed)}
+            row = {"strategy": strategy, **score_candidate(cand, cfg, suite, tok, seed, gate)}
             rows.append(row)
             if save_dir is not None and strategy in cfg.save_models and cand.domain_routing is None:
                 save_candidate(cand, tok, save_dir / cand.name, cfg, expert_set.domains)

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ..evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite
+from ..evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite, run_suite
+from ..export.parity import ParityReport
 from ..method.moe import moe_blocks, reset_routing_counts, routing_counts
 from ..native import is_native
 from ..strategies import Candidate
@@ -25,6 +26,7 @@ from ..utils.cache import cache_root, file_sha256, read_cached_json, recipe_key,
 from .experts import ExpertSet
 from .score_worker import write_spec
 from .validate import sandbox_limits
+from .vllm_scoring import served
 
 
 def build_suite(cfg: DictConfig, expert_set: ExpertSet) -> Suite:
@@ -71,6 +73,8 @@ def evaluation_key(model_fingerprint: str, model: torch.nn.Module, cand: Candida
     ev["limit"] = domain_limit(cfg, domain)
     if launched(cfg, cand):  # another engine and batching: its own key (in-memory keys stay as they were)
         ev.update(backend=str(cfg.eval.backend), processes=cfg.eval.processes)
+        if cfg.eval.backend == "vllm":
+            ev["vllm"] = {k: cfg.eval.vllm[k] for k in ("arch", "dtype", "tensor_parallel_size", "max_model_len")}
     return recipe_key({"model": model_fingerprint, "candidate": cand.name, "domain_routing": cand.domain_routing,
                        "domain": domain, "tasks": content_keyed(list(tasks)),
                        "eval": ev, "seed": seed, "routing": [(b.top_k, b.temperature) for b in moe_blocks(model)]},
@@ -78,9 +82,10 @@ def evaluation_key(model_fingerprint: str, model: torch.nn.Module, cand: Candida
 
 
 def launched(cfg: DictConfig, cand: Candidate) -> bool:
-    """Whether ``cand`` is scored in a launched job (``eval.backend=hf``); a candidate whose routing depends on the
-    domain scored (oracle) is always scored in memory, where that rule is applied."""
-    return cfg.eval.backend == "hf" and cand.domain_routing is None
+    """Whether ``cand`` is scored outside this process's in-memory model (``eval.backend=hf``: a launched job;
+    ``vllm``: an engine on its export); a candidate whose routing depends on the domain scored (oracle) is always
+    scored in memory, where that rule is applied."""
+    return cfg.eval.backend in ("hf", "vllm") and cand.domain_routing is None
 
 
 def _in_memory_entry(model: torch.nn.Module, cand: Candidate, domain: str, suite: Suite, tokenizer: Any,
@@ -115,6 +120,17 @@ def _launched_entry(folder: Path, domain: str, suite: Suite, cfg: DictConfig, se
             "processes": res["processes"]}
 
 
+def _served_entry(lm: Any, report: ParityReport, domain: str, suite: Suite, cfg: DictConfig,
+                  seed: int) -> dict[str, Any]:
+    """One domain's score from an engine that passed the parity gate (no routing counts: the engine keeps none)."""
+    ev = cfg.eval
+    res = run_suite(lm, suite.select([domain]), limit=domain_limit(cfg, domain), bootstrap_iters=ev.bootstrap_iters,
+                    seed=seed, apply_chat_template=ev.apply_chat_template)
+    s = res.domains[domain]
+    return {"score": s.score, "stderr": s.stderr, "n": s.n, "items": s.items, "wall_s": res.wall_s,
+            "routing_counts": None, "parity": str(report)}
+
+
 def save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> Path:
     """``model`` with its tokenizer in ``folder``: a DUME model as a native folder (modeling code, model card)."""
     if is_native(model):
@@ -130,9 +146,11 @@ def evaluation_seed(cfg: DictConfig, seed: int) -> int:
     return seed if cfg.eval.seed is None else cfg.eval.seed
 
 
-def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: Any, seed: int) -> dict[str, Any]:
-    """Score every domain (in memory, entering the candidate's routing context per domain, or in a launched job on
-    its saved folder: :func:`launched`) and read routing counts and per-item outcomes.
+def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: Any, seed: int,
+                    parity_sequences: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
+    """Score every domain (in memory, entering the candidate's routing context per domain, in a launched job on
+    its saved folder, or by an engine on its export that passed the parity gate on ``parity_sequences``:
+    :func:`launched`) and read routing counts and per-item outcomes.
 
     Scores are cached under :func:`evaluation_key` (``eval.cache``), so a dense expert or an unchanged
     candidate is evaluated once across runs, seeds (with a fixed ``eval.seed``) and sweep cells; an entry
@@ -145,7 +163,7 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
     scores, stderr, n, items, counts, wall, cached = {}, {}, {}, {}, {}, 0.0, []
     fingerprint = tensor_fingerprint(model.state_dict().values())  # hashing the weights once, not per domain
     with contextlib.ExitStack() as stack:
-        folder = None
+        folder, engine = None, None
         for domain in suite.domains:
             key = evaluation_key(fingerprint, model, cand, domain, suite, cfg, seed)
             key_file = cache_root() / "evaluations" / f"{key}.json"
@@ -156,9 +174,15 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
                 cached.append(domain)
             elif launched(cfg, cand):
                 if folder is None:  # saved once per candidate, removed after it
-                    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=cache_root(), prefix="launch-")))
-                    folder = save_model(model, tokenizer, tmp / "model")
-                entry = _launched_entry(folder, domain, suite, cfg, seed)
+                    cache_root().mkdir(parents=True, exist_ok=True)
+                    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=cache_root(),
+                                                                                  prefix="launch-"))) / "model"
+                    if cfg.eval.backend == "vllm":  # one engine per candidate, gated before its first score
+                        engine = stack.enter_context(served(model, tokenizer, folder, cfg, parity_sequences, seed))
+                    else:
+                        save_model(model, tokenizer, folder)
+                entry = (_served_entry(*engine, domain, suite, cfg, seed) if engine is not None
+                         else _launched_entry(folder, domain, suite, cfg, seed))
             else:
                 entry = _in_memory_entry(model, cand, domain, suite, tokenizer, cfg, seed)
             if domain not in cached and cfg.eval.cache:

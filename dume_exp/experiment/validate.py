@@ -12,6 +12,7 @@ from ..strategies import STRATEGIES
 from ..strategies.router_training import RouterTrainingConfig
 from ..zoo.train import TrainConfig
 from .config import check_config
+from .vllm_scoring import vllm_installed
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.experts.source == "zoo":
         check_zoo(cfg)
     check_domains(cfg)
+    if cfg.eval.backend == "vllm":
+        check_vllm(cfg)
     if cfg.eval.processes > 1 and cfg.eval.backend != "hf":
         raise ValueError(f"eval.processes={cfg.eval.processes} needs eval.backend=hf (scoring in launched processes); "
                          "the in-memory backend scores in this one process.")
@@ -71,6 +74,26 @@ def validate(cfg: DictConfig) -> None:
     if unsaved:
         raise ValueError(f"save_models names {unsaved}, which this run does not build; choose among the selected "
                          f"strategies {selected_strategies(cfg)}.")
+
+
+def check_vllm(cfg: DictConfig) -> None:
+    """``eval.backend=vllm`` serves stock MoE classes: vLLM installed, no router bias, one process (vLLM spreads a
+    model over GPUs itself: ``eval.vllm.tensor_parallel_size``)."""
+    if not vllm_installed():
+        raise ValueError("eval.backend=vllm needs vLLM, which is not installed (`pip install vllm` on a machine with "
+                         "an NVIDIA GPU); elsewhere score with eval.backend=inmemory or eval.backend=hf.")
+    if cfg.eval.processes != 1:
+        raise ValueError(f"eval.backend=vllm runs one engine; eval.processes={cfg.eval.processes} applies to "
+                         "eval.backend=hf. Spread a large model over GPUs with eval.vllm.tensor_parallel_size.")
+    if cfg.router.bias:
+        raise ValueError("eval.backend=vllm scores an export to a stock MoE class, whose router has no bias: add "
+                         "router.bias=false (the same statistics, refit without the constant feature), or score the "
+                         "native model with eval.backend=inmemory or eval.backend=hf.")
+    biased = [s for s in selected_strategies(cfg) if STRATEGIES[s].router_bias]
+    if biased:
+        raise ValueError(f"eval.backend=vllm cannot serve {biased}: their routers have a bias by construction (a "
+                         "random init, centroid offsets or trained biases), which no stock MoE class represents. "
+                         "Leave them out of strategy=[...] or score them with eval.backend=inmemory or hf.")
 
 
 def sandbox_limits(cfg: DictConfig) -> SandboxLimits:

@@ -94,6 +94,13 @@ class VllmEngine:
 
         self.llm = LLM(model=folder, **llm_kwargs)
 
+    @classmethod
+    def from_llm(cls, llm: object) -> "VllmEngine":
+        """The gate's engine on an already started ``vllm.LLM`` (e.g. the one lm-eval's vLLM model holds)."""
+        engine = cls.__new__(cls)
+        engine.llm = llm
+        return engine
+
     def prompt_logprobs(self, sequences: Sequence[Sequence[int]], top_k: int) -> list[list[Mapping[int, float]]]:
         from vllm import SamplingParams, TokensPrompt
 

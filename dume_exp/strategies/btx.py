@@ -48,7 +48,7 @@ def _checkpoint_candidates(candidate: Candidate, result: TrainingCost, info: dic
     load(final)
 
 
-@register("btx", order=70)
+@register("btx", order=70, router_bias=True)
 def btx(ctx: BuildContext) -> Iterator[Candidate]:
     with timed() as cost:
         model = ctx.upcycled()

@@ -7,6 +7,6 @@ from .btx import train
 from .dume import dume_model
 
 
-@register("dume_plus", order=80)
+@register("dume_plus", order=80, router_bias=True)
 def dume_plus(ctx: BuildContext) -> Iterator[Candidate]:
     yield from train(dume_model(ctx), ctx, "dume_plus")

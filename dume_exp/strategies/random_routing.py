@@ -3,7 +3,7 @@ from .registry import register
 from .base import BuildContext, Candidate, timed
 
 
-@register("random_routing", order=50)
+@register("random_routing", order=50, router_bias=True)
 def random_routing(ctx: BuildContext) -> list[Candidate]:
     with timed() as cost:
         model = ctx.upcycled()

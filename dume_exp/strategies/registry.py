@@ -26,17 +26,20 @@ class Strategy:
     build: Callable[[Any], Iterable[Any]]  # BuildContext -> Candidates (a list, or a generator yielding them lazily)
     role: Role
     order: int  # row order of every table (and build order of a run)
+    # its routers have a bias whatever router.bias says (a random init, centroid offsets, trained biases), so no
+    # stock MoE class (and no engine serving those, such as vLLM) represents its models
+    router_bias: bool = False
 
 
 STRATEGIES: dict[str, Strategy] = {}  # in row order
 
 
-def register(name: str, *, order: int, role: Role = Role.RANKED) -> Callable:
+def register(name: str, *, order: int, role: Role = Role.RANKED, router_bias: bool = False) -> Callable:
     """Decorator: register ``fn(ctx) -> list[Candidate]`` (or a generator of them) as strategy ``name``."""
     def deco(fn: Callable) -> Callable:
         if name in STRATEGIES:
             raise ValueError(f"strategy {name!r} registered twice")
-        entries = [*STRATEGIES.values(), Strategy(name, fn, role, order)]
+        entries = [*STRATEGIES.values(), Strategy(name, fn, role, order, router_bias)]
         STRATEGIES.clear()
         STRATEGIES.update((s.name, s) for s in sorted(entries, key=lambda s: s.order))
         return fn

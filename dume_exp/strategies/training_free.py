@@ -28,7 +28,7 @@ def _info(gate_mode: str, tokens: list[int], **more: Any) -> dict[str, Any]:
     return {"gate_mode": gate_mode, "calibration_tokens": tokens, **more}
 
 
-@register("nearest_centroid", order=52)
+@register("nearest_centroid", order=52, router_bias=True)
 def nearest_centroid(ctx: BuildContext) -> list[Candidate]:
     """Router row d = mean router input of expert d (from DUME's statistics), bias −‖μ_d‖²/2."""
     stats, collect_cost, _ = ctx.statistics

@@ -64,7 +64,7 @@ BAD_CHOICE = {
     "calibration.split": ("tests", "[train, validation, test]"),
     "calibration.text": ("question", "[prompt_answer, prompt]"),
     "logger.kind": ("tensorboard", "[wandb, none]"),
-    "eval.backend": ("vllm", "[inmemory, hf]"),
+    "eval.backend": ("vlm", "[inmemory, hf, vllm]"),
 }
 
 
