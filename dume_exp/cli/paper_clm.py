@@ -5,7 +5,6 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
 from ..zoo.paper_clm import LLAMA3_TOKENIZER, PAPER_DOMAINS, PaperCLMRecipe, build_paper_clm
 
@@ -20,8 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=LLAMA3_TOKENIZER,
                         help="hub id or folder of the Llama-3 tokenizer (e.g. an ungated copy)")
     parser.add_argument("--domains", nargs="+", default=None, help=f"a subset of {list(PAPER_DOMAINS)}")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where pretraining and fine-tuning run (default: cuda when available)")
+    parser.add_argument("--device", default="auto",
+                        help="where pretraining and fine-tuning run (auto: CUDA, else MPS, else the CPU)")
     args = parser.parse_args(argv)
     recipe = PaperCLMRecipe(tokenizer=args.tokenizer)
     recipe = replace(recipe, pretrain=replace(recipe.pretrain, device=args.device),

@@ -19,7 +19,7 @@ from ..method.upcycle import VOCAB_MODES
 from ..strategies.base import RouterConfig
 from ..strategies.router_training import RouterTrainingConfig
 from ..utils.data_layout import SPLITS
-from ..utils.hardware import native_bf16
+from ..utils.hardware import native_bf16, pick_device
 from ..utils.schema import Choice, at_least, checked, choice_enum, each_at_least
 from ..zoo.build import SETTINGS
 from ..zoo.train import TrainConfig
@@ -169,6 +169,7 @@ class Config:
     experiment: str = "reasoning"
     title: str = ""
     seed: int = 0
+    device: str = "auto"  # where experts, candidates, statistics, router training and evaluation run (utils.hardware)
     seeds: Optional[list[int]] = checked(seed_list, default=None)  # repeats; mean ± std in the table
     results_dir: str = "results"
     progress: bool = True
@@ -222,8 +223,12 @@ AUTO_BF16 = ("eval.bf16", "calibration.bf16", "router_training.bf16")  # null: b
 
 
 def resolve_auto_precision(cfg: Any) -> None:
-    """Replace each null switch of :data:`AUTO_BF16` in ``cfg`` by this machine's decision (:mod:`~dume_exp.utils.
-    hardware`), so that what a run records and keys is the precision it used."""
+    """Replace ``device=auto`` (and ``zoo.device=auto``) by the device this machine gives and each null switch of :data:`AUTO_BF16` in ``cfg``
+    by that device's decision (:mod:`~dume_exp.utils.hardware`), so that what a run records and keys is the device
+    and precision it used."""
+    device = pick_device(cfg.device)
+    OmegaConf.update(cfg, "device", str(device))
+    OmegaConf.update(cfg, "zoo.device", str(pick_device(cfg.zoo.device)))
     for key in AUTO_BF16:
         if OmegaConf.select(cfg, key) is None:
-            OmegaConf.update(cfg, key, native_bf16("cpu"))
+            OmegaConf.update(cfg, key, native_bf16(device))

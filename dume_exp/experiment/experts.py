@@ -81,7 +81,8 @@ def load_expert_set(cfg: DictConfig) -> ExpertSet:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     texts = calibration_texts(cfg, Path(data_dir), list(ec.domains), tokenizer)  # bad data fails before the models load
-    experts = [AutoModelForCausalLM.from_pretrained(str(paths[d]), dtype=dtype).eval() for d in ec.domains]
+    experts = [AutoModelForCausalLM.from_pretrained(str(paths[d]), dtype=dtype).to(cfg.device).eval()
+               for d in ec.domains]
     for d, model in zip(ec.domains, experts):  # once, at load: a NaN would otherwise surface as NaN routers
         check_finite_parameters(model, f"expert {d!r} ({paths[d]})")
     active = list(ec.subset) if ec.subset else list(ec.domains)

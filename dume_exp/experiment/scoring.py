@@ -158,7 +158,7 @@ def score_candidate(cand: Candidate, cfg: DictConfig, suite: Suite, tokenizer: A
     """
     seed = evaluation_seed(cfg, seed)
     model = cand.model
-    if use_bf16(cfg.eval.bf16) and next(model.parameters()).dtype == torch.float32:
+    if use_bf16(cfg.eval.bf16, next(model.parameters()).device) and next(model.parameters()).dtype == torch.float32:
         model = copy.deepcopy(model).to(torch.bfloat16)  # never convert the shared experts in place
     scores, stderr, n, items, counts, wall, cached = {}, {}, {}, {}, {}, 0.0, []
     fingerprint = tensor_fingerprint(model.state_dict().values())  # hashing the weights once, not per domain

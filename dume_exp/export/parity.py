@@ -52,7 +52,8 @@ class ParityError(RuntimeError):
 @torch.inference_mode()
 def reference_logprobs(model: torch.nn.Module, sequence: Sequence[int]) -> torch.Tensor:
     """``[len - 1, vocab]`` float32 log-probabilities of each next token of ``sequence`` under ``model``."""
-    logits = model(input_ids=torch.tensor([list(sequence)]), use_cache=False).logits[0, :-1].float()
+    ids = torch.tensor([list(sequence)], device=next(model.parameters()).device)
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float().cpu()
     return torch.log_softmax(logits, dim=-1)
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..utils.cache import atomic_dir, write_json_atomic
-from ..utils.hardware import native_bf16
+from ..utils.hardware import native_bf16, pick_device
 from ..utils.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True  # bf16 autocast, used only where the CPU has native bf16 (else fp32)
     threads: int = 0  # torch threads while training; 0 keeps torch's current setting
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... (paper-scale recipes train on a GPU)
+    device: str = "auto"  # "auto" (CUDA, else MPS, else the CPU), "cpu", "cuda", "cuda:1", ... (utils.hardware)
 
     def __post_init__(self) -> None:
         if self.trainable not in TRAINABLE:
@@ -92,7 +92,7 @@ def expert_recipe(base_manifest: dict[str, Any], data_hash: str, cfg: TrainConfi
     if "model_sha256" not in base_manifest:
         raise KeyError("base_manifest has no 'model_sha256'; build it with dume_exp.zoo.base_model.base_manifest().")
     train = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "device")}
-    train["bf16"] = bool(cfg.bf16) and native_bf16(cfg.device)
+    train["bf16"] = bool(cfg.bf16) and native_bf16(pick_device(cfg.device))
     return {
         "base_sha256": base_manifest["model_sha256"],
         "data": data_hash, "train": train, "code": TRAIN_CODE_VERSION,
@@ -175,7 +175,7 @@ def train_expert(base: str | Path, texts: Sequence[str], out_dir: Path, cfg: Tra
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(base)
     blocks = pack_blocks(tokenizer, texts, cfg.seq_len)
-    device = torch.device(cfg.device)
+    device = pick_device(cfg.device)
     precision = "bf16" if cfg.bf16 and native_bf16(device) else "fp32"
     if cfg.bf16 and precision == "fp32":
         log.warning("This %s has no native bf16; training in fp32 instead.", device.type.upper())

@@ -38,3 +38,39 @@ def test_experts_trained_in_fp32_for_lack_of_native_bf16_get_their_own_recipe(mo
     monkeypatch.setattr(train, "native_bf16", lambda device: False)
     assert expert_recipe(manifest, "data", cfg)["train"]["bf16"] is False and with_bf16["train"]["bf16"] is True
     assert expert_recipe(manifest, "data", TrainConfig(bf16=False)) == expert_recipe(manifest, "data", cfg)
+
+
+def test_auto_takes_cuda_then_mps_then_the_cpu(monkeypatch):
+    for cuda, mps, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda c=cuda: c)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda m=mps: m)
+        assert hardware.pick_device("auto") == torch.device(expected)
+
+
+def test_a_named_device_must_exist(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hardware.pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='cuda:1': this machine has no such device; use device=auto"):
+        hardware.pick_device("cuda:1")
+    with pytest.raises(ValueError, match="device='gpu' is not a device name"):
+        hardware.pick_device("gpu")
+
+
+def test_the_resolved_device_is_recorded_and_keys_cpu_runs_as_before(monkeypatch):
+    """``device=auto`` resolves to what this machine has; a CPU run keys as before the knob existed (a GPU run gets
+    its own cell), and the bf16 decision is that device's."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    auto, cpu = compose_app("+experiment=clm"), compose_app("+experiment=clm", "device=cpu", "zoo.device=cpu")
+    cpu_key = cell_path(cpu)
+    assert cell_path(auto) == cpu_key
+    resolve_auto_precision(auto)
+    assert (auto.device, auto.zoo.device) == ("cpu", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    seen = []
+    monkeypatch.setattr(config_mod, "native_bf16", lambda device: seen.append(str(device)) or True)
+    gpu = compose_app("+experiment=clm")
+    assert cell_path(gpu) != cpu_key
+    resolve_auto_precision(gpu)
+    assert gpu.device == "cuda" and set(seen) == {"cuda"} and gpu.eval.bf16 is True
