@@ -1,5 +1,6 @@
 """``python -m dume_exp.report RUN [RUN ...]``: regenerate tables and figures from run folders, results files or a
-sweep's ``cells/`` folder (:mod:`dume_exp.reporting`), without touching a model."""
+sweep's ``cells/`` folder (:mod:`dume_exp.reporting`), without touching a model; ``--compare A B``: two tables side
+by side."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ from typing import Any
 
 from ..experiment.tracking import tracker
 from ..reporting.claims import update_readme
+from ..reporting.compare import compare_tables
 from ..reporting.sweep_tables import sweep_report
 from ..reporting.publish import publish_tables
 from ..reporting.tables import load_results, merge_results
@@ -27,7 +29,12 @@ def main(argv: list[str] | None = None) -> None:
                              "under outputs/report/")
     parser.add_argument("--readme", nargs="?", const="README.md", metavar="PATH",
                         help="then regenerate the claims section of PATH (default README.md) from results/*/claims.json")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="print two table.csv files of one experiment side by side with the differences, and stop")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare_tables(*args.compare), end="")
+        return
     if not args.runs and not args.readme:
         parser.error("name at least one run folder, results file or cells folder, or pass --readme")
     figures = Path(args.figures)

@@ -64,6 +64,10 @@ def _task_arrays(results: Mapping[str, Any], names: Sequence[str], domain: str, 
     return first["aggregate"], num, den
 
 
+N_RESAMPLES = 10_000  # the tables' and claims' bootstrap
+BOOTSTRAP_SEED = 0
+
+
 class PairedBootstrap:
     """Bootstrap distribution of every candidate's per-domain and average retention, resampled jointly.
 
@@ -120,6 +124,17 @@ class PairedBootstrap:
         if name not in self.index:
             raise KeyError(f"No candidate {name!r} in every seed of these results; they have {self.names}.")
         return self.index[name]
+
+
+def table_bootstrap(results: Mapping[str, Any]) -> PairedBootstrap | None:
+    """The bootstrap of the tables and claims (:data:`N_RESAMPLES`, :data:`BOOTSTRAP_SEED`); ``None`` for results
+    without per-item outcomes."""
+    return PairedBootstrap(results, N_RESAMPLES, BOOTSTRAP_SEED) if has_items(results) else None
+
+
+def retention_intervals(boot: PairedBootstrap | None) -> dict[str, Interval]:
+    """Each candidate's average-retention interval (empty without a bootstrap)."""
+    return {} if boot is None else {name: boot.retention(name) for name in boot.names}
 
 
 def _retention(score: np.ndarray, expert: np.ndarray, higher_is_better: bool) -> np.ndarray:

@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.cache import atomic_file
-from .bootstrap import Interval, PairedBootstrap
-
-N_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
+from .bootstrap import BOOTSTRAP_SEED, N_RESAMPLES, Interval, PairedBootstrap
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ def verdict(interval: Interval) -> str:
 
 def evaluate_claims(results: Mapping[str, Any], boot: PairedBootstrap | None = None) -> list[dict[str, Any]]:
     """One entry per claim whose two candidates are in ``results``: the difference, its interval and the verdict."""
-    boot = boot or PairedBootstrap(results, N_RESAMPLES, BOOTSTRAP_SEED)
+    boot = PairedBootstrap(results, N_RESAMPLES, BOOTSTRAP_SEED) if boot is None else boot
     rows = []
     for claim in CLAIMS:
         if claim.better in boot.index and claim.worse in boot.index:

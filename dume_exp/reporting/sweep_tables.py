@@ -9,19 +9,16 @@ from typing import Any
 
 from ..strategies.registry import expert_row
 from ..utils.cache import atomic_file, read_checked_json
-from .bootstrap import PairedBootstrap, has_items
-from .claims import BOOTSTRAP_SEED, N_RESAMPLES
+from .bootstrap import PairedBootstrap, retention_intervals, table_bootstrap
 from .figures import plt, save_figure
 from .router_curve import has_checkpoint_rows, router_curve_figure, router_curve_table
 from .tables import table_rows, write_report
 
 
-def avg_intervals(cell: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Each candidate's 95% bootstrap interval of its average retention (empty for cells without per-item outcomes)."""
-    if not has_items(cell):
-        return {}
-    boot = PairedBootstrap(cell, N_RESAMPLES, BOOTSTRAP_SEED)
-    intervals = {n: boot.retention(n) for n in boot.names}
+def avg_intervals(cell: dict[str, Any], boot: PairedBootstrap | None = None) -> dict[str, tuple[float, float]]:
+    """Each candidate's 95% bootstrap interval of its average retention (empty for cells without per-item outcomes;
+    ``boot``: the cell's bootstrap, when the caller has it already)."""
+    intervals = retention_intervals(table_bootstrap(cell) if boot is None else boot)
     return {n: (i.low, i.high) for n, i in intervals.items()}
 
 
@@ -146,8 +143,10 @@ def router_training_sweep(cells: list[dict[str, Any]], out: Path, figure: Path) 
     if len(cells) != 1:
         raise ValueError(f"{len(cells)} cells hold router-training checkpoint rows; the curve is one run's: pass that "
                          "run's cell file (python -m dume_exp.report <cells>/<key>.json --out <folder>).")
-    cell, ci = cells[0], avg_intervals(cells[0])
-    write_report(cell, out)
+    cell = cells[0]
+    boot = table_bootstrap(cell)
+    ci = avg_intervals(cell, boot)
+    write_report(cell, out, boot)
     return router_curve_table(cell, out / "router_training.md", ci), router_curve_figure(cell, figure, ci)
 
 

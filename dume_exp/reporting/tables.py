@@ -17,8 +17,8 @@ from typing import Any
 from ..evaluation.tasks.sandbox import UNISOLATED
 from ..strategies.registry import Role, expert_row, role
 from ..utils.cache import atomic_file, read_checked_json
-from .bootstrap import Interval, PairedBootstrap, has_items
-from .claims import BOOTSTRAP_SEED, N_RESAMPLES, write_claims
+from .bootstrap import Interval, PairedBootstrap, retention_intervals, table_bootstrap
+from .claims import write_claims
 
 
 def retention(score: float, expert_score: float, higher_is_better: bool) -> float:
@@ -152,15 +152,15 @@ def render_csv(results: dict[str, Any], rows: list[dict[str, Any]],
     return buf.getvalue()
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
+def write_report(results: dict[str, Any], out_dir: str | Path, boot: PairedBootstrap | None = None) -> Path:
     """Write ``table.md`` and ``table.csv`` (and, for results with per-item outcomes, the bootstrap intervals and
-    ``claims.md``) into ``out_dir`` atomically; returns the markdown path."""
+    ``claims.md``; ``boot``: that bootstrap, when the caller has it already) into ``out_dir`` atomically; returns
+    the markdown path."""
     out_dir = Path(out_dir)
     rows = table_rows(results)
-    intervals = None
-    if has_items(results):
-        boot = PairedBootstrap(results, N_RESAMPLES, BOOTSTRAP_SEED)
-        intervals = {name: boot.retention(name) for name in boot.names}
+    boot = table_bootstrap(results) if boot is None else boot
+    intervals = retention_intervals(boot) or None
+    if boot is not None:
         write_claims(results, out_dir, boot)
     for name, text in (("table.md", render_markdown(results, rows, intervals)),
                        ("table.csv", render_csv(results, rows, intervals))):

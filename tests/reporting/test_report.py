@@ -4,6 +4,7 @@ import pytest
 from dume_exp.reporting.sweep_tables import collection_summary
 from dume_exp.reporting.tables import merge_results, render_markdown, retention, table_rows
 from dume_exp.reporting.zoo_matrix import quality_tables
+from tests.helpers import REPO
 
 
 def _results(higher_is_better, seeds):
@@ -73,3 +74,29 @@ def test_collection_summary_counts_what_each_build_collected():
     assert "as the reference code does: 6x" in text
     assert collection_summary([cell(40.0), cell(20.0)]).split(": ")[2].startswith("1.50x")
     assert collection_summary([{"seeds": [{"rows": []}]}]) == "No dume rows report their statistics collection."
+
+
+def test_compare_prints_both_tables_and_the_differences(tmp_path):
+    import csv
+
+    from dume_exp.reporting.compare import compare_tables
+
+    committed = REPO / "results" / "reasoning" / "table.csv"
+    with committed.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    dume = next(r for r in rows if r["strategy"] == "dume" and r["kind"] == "retention")
+    before = float(dume["math"])
+    dume["math"] = str(before + 2.5)
+    rows = [r for r in rows if r["strategy"] != "oracle"]
+    other = tmp_path / "table.csv"
+    with other.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    text = compare_tables(committed, other, labels=("CPU", "GPU"))
+    line = next(line for line in text.splitlines() if line.startswith("| dume |"))
+    assert line.split(" | ")[1] == f"{before:.1f} / {before + 2.5:.1f} (+2.5)"
+    assert "(+0.0)" in line.split(" | ")[2] and "in one table only: oracle" in text
+    with pytest.raises(ValueError, match="no retention rows"):
+        (tmp_path / "empty.csv").write_text("strategy,kind,math\n")
+        compare_tables(committed, tmp_path / "empty.csv")
