@@ -118,9 +118,12 @@ def test_a_corrupt_statistics_file_is_named_moved_aside_and_recollected(moe, bat
         stats, report = store.statistics(moe, batches, 16, NAMES, progress=False)
     assert report["collected"] == ["b"] and report["loaded"] == ["a"]
     fresh = _fresh(moe, batches)
-    assert torch.equal(stats.gram, fresh.gram) and torch.equal(stats.sums, fresh.sums)
+    # expert b collected alone may sum its float64 Gram updates in another order than b collected beside a (seen on
+    # an AVX2-only CPU: 1.8e-15 on entries up to 65), so the recollection is held to 1e-12 relative, not bit equality
+    torch.testing.assert_close(stats.gram, fresh.gram, rtol=1e-12, atol=0)
+    torch.testing.assert_close(stats.sums, fresh.sums, rtol=1e-12, atol=0)
     assert len(_aside(paths[1])) == 1
-    assert torch.equal(RouterStatistics.load(paths[1]).gram, fresh.gram[:, 1:])  # the rewritten entry verifies
+    assert torch.equal(RouterStatistics.load(paths[1]).gram, stats.gram[:, 1:])  # the rewritten entry verifies
 
 
 # ------------------------------------------------------------------------------------------- evaluation cache JSON
