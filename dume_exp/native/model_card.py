@@ -42,6 +42,24 @@ def _settings(layout: dict[str, Any], prov: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _opening(router: dict[str, Any] | None) -> str:
+    if router and router.get("method") == "trained":
+        return "Upcycled from dense experts as DUME does, then its routers trained"
+    return "Built without training by DUME (training-free dynamic upcycling of expert language models)"
+
+
+def _router_phrase(router: dict[str, Any] | None) -> str:
+    """How the routers were made, for the card's opening paragraph."""
+    if not router:
+        return "the routers are left at their random initialisation"
+    method = router.get("method", "ridge")
+    if method == "ridge":
+        return "each layer's router is a ridge regression solved in closed form from hidden-state statistics"
+    description = router.get("description", method)
+    return f"the routers come from a training-free rule: {description}" if method == "training-free" else \
+        f"the routers are {description}"
+
+
 def render_model_card(config: Any, loading: list[str] | None = None) -> str:
     """README.md text: YAML header (base_model, tags, library_name, licence), the DUME settings and how to load it
     (``loading``: the lines of that section; default: the native class)."""
@@ -53,9 +71,8 @@ def render_model_card(config: Any, loading: list[str] | None = None) -> str:
     domains = list(prov.get("domains") or [])
     lines = ["---", data.to_yaml(), "---", "",
              f"# DUME mixture of {layout['num_experts']} experts", "",
-             "Built without training by DUME (training-free dynamic upcycling of expert language models): every "
-             "non-MLP weight is the mean of the experts', each layer's MLP is a mixture with one expert per domain, "
-             "and each layer's router is a ridge regression solved in closed form from hidden-state statistics.", ""]
+             f"{_opening(prov.get('router'))}: every non-MLP weight is the mean of the experts', each layer's MLP is "
+             f"a mixture with one expert per domain, and {_router_phrase(prov.get('router'))}.", ""]
     if experts:
         names = domains if len(domains) == len(experts) else [str(i) for i in range(len(experts))]
         lines += ["## Experts", "", *_table(["expert", "model"], [[n, e] for n, e in zip(names, experts)]), ""]

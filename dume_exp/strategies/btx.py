@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..native import annotate
 from .router_training import TrainingCost, train_routers_cached, training_record
 from .registry import checkpoint_row, register
 from .base import BuildContext, Candidate, Cost, timed
@@ -20,6 +21,9 @@ def train(candidate: Candidate, ctx: BuildContext, name: str) -> Iterator[Candid
     its step is not a checkpoint, so no model is scored twice.
     """
     result, cached = train_routers_cached(candidate.model, ctx.training_batches(), ctx.training, progress=ctx.progress)
+    start = "the ridge solution" if name == "dume_plus" else "random init"
+    annotate(candidate.model, router={"method": "trained", "description": f"trained by gradient descent for "
+                                      f"{result.steps} steps from {start}"})
     info = {**candidate.info, "steps": result.steps, "final_loss": result.final_loss,
             "training": training_record(ctx.training), "training_cached": cached}
     if result.checkpoints:

@@ -220,3 +220,20 @@ def test_lm_eval_hf_backend_on_the_saved_folder_scores_as_in_memory(tmp_path, ti
     folder = score(HFLM(pretrained=str(tmp_path / "m"), trust_remote_code=True, device="cpu", dtype="float32",
                         batch_size=2, max_length=64))
     assert folder == in_memory and in_memory > 1
+
+
+def test_the_card_says_how_the_routers_were_made():
+    from dume_exp.native import annotate
+    from dume_exp.native.model_card import render_model_card
+
+    moe = upcycle(make_experts(2, shared_backbone=False))
+    opening = {"random": "the routers are left at their random initialisation"}
+    fitted = _fitted(n=2)
+    cards = {"random": render_model_card(moe.config), "ridge": render_model_card(fitted.config)}
+    annotate(moe, router={"method": "trained", "description": "trained by gradient descent for 5 steps from random init"})
+    cards["trained"] = render_model_card(moe.config)
+    assert opening["random"] in cards["random"] and "ridge" not in cards["random"]
+    assert "each layer's router is a ridge regression solved in closed form" in cards["ridge"]
+    assert "Built without training" in cards["ridge"] and "Built without training" not in cards["trained"]
+    assert "the routers are trained by gradient descent for 5 steps from random init." in cards["trained"]
+    assert "ridge" not in cards["trained"]
