@@ -78,18 +78,31 @@ def write_micro_setup(root: Path, experts, base, tokenizer) -> None:
     base.save_pretrained(root / "base")
 
 
+def micro_overrides(root: Path) -> list[str]:
+    """The app's overrides for the CLM experiment on the micro setup under ``root`` (sizes cut to seconds)."""
+    return ["+experiment=clm", "experts.source=pretrained", "experts.domains=[prose,code]",
+            f"+experts.models.prose={root}/experts/prose", f"+experts.models.code={root}/experts/code",
+            f"experts.data_dir={root}/data", f"experts.base={root}/base", "eval.batch_size=4", "progress=false",
+            "router_training.steps=2", "router_training.seq_len=32", "router_training.batch_size=4",
+            "router.max_tokens_per_sequence=32", "seeds=null",  # one seed (the experiments run three)
+            f"results_dir={root}/results"]
+
+
 def run_app(root: Path, *overrides: str) -> subprocess.CompletedProcess:
     """``python -m dume_exp +experiment=clm`` on the micro setup under ``root`` (its own caches), in a subprocess."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf"),
            "WANDB_MODE": "offline", "DUME_CACHE": str(root / "cache")}
-    cmd = [sys.executable, "-m", "dume_exp", "+experiment=clm", "experts.source=pretrained",
-           "experts.domains=[prose,code]",
-           f"+experts.models.prose={root}/experts/prose", f"+experts.models.code={root}/experts/code",
-           f"experts.data_dir={root}/data", f"experts.base={root}/base", "eval.batch_size=4", "progress=false",
-           "router_training.steps=2", "router_training.seq_len=32", "router_training.batch_size=4", "router.max_tokens_per_sequence=32",
-           "seeds=null",  # one seed (the experiments run three)
-           f"results_dir={root}/results", f"hydra.run.dir={root}/run", *overrides]
+    cmd = [sys.executable, "-m", "dume_exp", *micro_overrides(root), f"hydra.run.dir={root}/run", *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def run_micro(root: Path, name: str, *overrides: str) -> dict:
+    """The app's run on the micro setup under ``root`` in this process (run folder ``root/name``; the caller points
+    ``DUME_CACHE`` at its cache), for tests that replace a piece of it (monkeypatch) or read its errors."""
+    from dume_exp.experiment.runner import run
+
+    (root / name).mkdir()
+    return run(compose_app(*micro_overrides(root), "logger=none", *overrides), root / name)
 
 
 def compose_app(*overrides: str, hydra: bool = False):

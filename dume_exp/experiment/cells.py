@@ -21,7 +21,8 @@ PRESENTATION_KEYS = ("results_dir", "progress", "logger", "title", "resume", "wr
 KEY_NEUTRAL_DEFAULTS = {"calibration.text": "prompt_answer", "calibration.mask_padding": True, "experts.vocab": "align",
                         "router.bias": True, "eval.unsafe_code": False, "eval.backend": "inmemory",
                         "eval.processes": 1, "eval.seed": 0, "router_training.checkpoints": [],
-                        "eval.vllm": asdict(VllmConfig()), "device": "cpu"}
+                        "eval.vllm": asdict(VllmConfig()), "device": "cpu",
+                        "calibration.collect_only": []}
 
 
 def code_versions() -> dict[str, int]:

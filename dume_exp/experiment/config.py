@@ -144,6 +144,9 @@ class CalibrationConfig:
     max_samples: int = checked(at_least(1), default=2048)
     batch_size: int = checked(at_least(1), default=8)
     store_statistics: bool = True  # reuse router statistics from <cache>/statistics (keyed by content)
+    # only put these domains' router statistics (every seed) into the store, then stop: one job per domain, then
+    # the run itself loads them (nothing is built or scored)
+    collect_only: list[str] = field(default_factory=list)
     bf16: Optional[bool] = False  # statistics passes under bf16 autocast (float64 sums); null: if native
     # prompt_answer: each row's whole text | prompt: its question/prompt only (a chat transcript up to and including
     # the first assistant header); for router statistics and BTX/DUME+ training alike

@@ -48,10 +48,8 @@ def save_candidate(cand: Candidate, tokenizer: Any, folder: Path, cfg: DictConfi
     log.info("saved %s to %s", cand.name, folder)
 
 
-def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, track: Tracker,
-             save_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Build and score every selected strategy for one seed; models of ``cfg.save_models`` strategies (those whose
-    routing does not depend on the domain scored) are saved under ``save_dir/<candidate>``."""
+def seed_context(cfg: DictConfig, expert_set: ExpertSet, seed: int) -> tuple[BuildContext, dict[str, list[str]]]:
+    """The build context of one seed (its calibration sample, router and training settings) and that sample."""
     random.seed(seed)
     torch.manual_seed(seed)
     texts = calibration_sample(expert_set.calibration, cfg.calibration.max_samples, seed)
@@ -78,7 +76,15 @@ def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, tr
 
     subset = expert_set.domains != expert_set.all_domains
     parent = context(expert_set.all_domains, expert_set.all_experts, None) if subset and r.statistics == "fast" else None
-    ctx = context(expert_set.domains, expert_set.experts, parent)
+    return context(expert_set.domains, expert_set.experts, parent), texts
+
+
+def run_seed(cfg: DictConfig, expert_set: ExpertSet, suite: Suite, seed: int, track: Tracker,
+             save_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Build and score every selected strategy for one seed; models of ``cfg.save_models`` strategies (those whose
+    routing does not depend on the domain scored) are saved under ``save_dir/<candidate>``."""
+    ctx, texts = seed_context(cfg, expert_set, seed)
+    tok = expert_set.tokenizer
     v = cfg.eval.vllm
     gate = (parity_sequences(tok, {d: texts[d] for d in expert_set.domains}, v.parity_sequences, v.parity_tokens)
             if cfg.eval.backend == "vllm" else ())
@@ -121,6 +127,26 @@ def record_retention(rows: list[dict[str, Any]], cols: list[str], model_dirs: li
                 annotate_saved(folder, retention={c: round(row["retention"][c][0], 1) for c in cols})
 
 
+def collect_only(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """``calibration.collect_only``: put the router statistics of those domains' experts, for every seed of the run,
+    into the statistics store and stop (nothing is built, scored or written to a results cell). One such job per
+    domain, then the run itself, which loads them all: the statistics of a large expert set collected in parallel."""
+    expert_set = load_expert_set(cfg)
+    seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
+    report = {}
+    for seed in seeds:
+        ctx, _ = seed_context(cfg, expert_set, seed)
+        ctx = ctx.parent or ctx  # fast statistics of a subset come from the whole expert set
+        names = list(ctx.domains)
+        _, rep = ctx.stats_store.statistics(ctx.upcycled(), ctx.calibration_batches(), cfg.router.max_tokens_per_sequence,
+                                            names, ctx.progress, ctx.bf16_autocast, ctx.mask_padding,
+                                            experts=[names.index(d) for d in cfg.calibration.collect_only])
+        report[str(seed)] = {k: rep[k] for k in ("collected", "loaded", "keys", "collect_wall_s")}
+        log.info("seed %d: statistics of %s collected, %s already stored", seed, rep["collected"], rep["loaded"])
+    write_checked_json(run_dir / "statistics.json", report)
+    return {"collect_only": report}
+
+
 def is_native_folder(folder: Path) -> bool:
     return json.loads((folder / "config.json").read_text()).get("model_type") in NATIVE_MODEL_TYPES
 
@@ -134,6 +160,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """
     validate(cfg)
     resolve_auto_precision(cfg)  # what the run records (resolved config, results) is the precision it uses
+    if cfg.calibration.collect_only:
+        return collect_only(cfg, run_dir)
     cell = cell_path(cfg)
     results = read_cached_json(cell) if cfg.resume and not cfg.save_models else None
     if results is not None:

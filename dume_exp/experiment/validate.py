@@ -63,6 +63,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.experts.source == "zoo":
         check_zoo(cfg)
     check_domains(cfg)
+    check_collect_only(cfg)
     if cfg.eval.backend == "vllm":
         check_vllm(cfg)
     if cfg.eval.processes > 1 and cfg.eval.backend != "hf":
@@ -74,6 +75,23 @@ def validate(cfg: DictConfig) -> None:
     if unsaved:
         raise ValueError(f"save_models names {unsaved}, which this run does not build; choose among the selected "
                          f"strategies {selected_strategies(cfg)}.")
+
+
+def check_collect_only(cfg: DictConfig) -> None:
+    """``calibration.collect_only`` names distinct domains whose experts' statistics this run collects, and the
+    store is on (it is where they go)."""
+    wanted = list(cfg.calibration.collect_only)
+    if not wanted:
+        return
+    if not cfg.calibration.store_statistics:
+        raise ValueError("calibration.collect_only puts statistics into the statistics store; it needs "
+                         "calibration.store_statistics=true.")
+    subset = list(cfg.experts.subset or [])
+    collected = subset if subset and cfg.router.statistics == "exact" else list(cfg.experts.domains)
+    unknown = [d for d in wanted if d not in collected]
+    if unknown or len(set(wanted)) != len(wanted):
+        raise ValueError(f"calibration.collect_only={wanted} must name distinct domains among those whose statistics "
+                         f"this run collects, {collected}; {unknown or 'a domain is repeated'}.")
 
 
 def check_vllm(cfg: DictConfig) -> None:

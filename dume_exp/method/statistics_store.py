@@ -39,14 +39,17 @@ class StatisticsStore:
         self.root = Path(root) if root is not None else cache_root() / "statistics"
 
     def keys(self, model: nn.Module, batches_by_expert: Sequence[Sequence[Mapping[str, torch.Tensor]]],
-             max_tokens_per_sequence: int, bf16_autocast: bool = False, mask_padding: bool = True) -> list[str]:
+             max_tokens_per_sequence: int, bf16_autocast: bool = False, mask_padding: bool = True,
+             experts: Sequence[int] | None = None) -> list[str]:
+        """The store keys of the experts ``experts`` (default: all; expert ``d`` is calibrated on
+        ``batches_by_expert[d]``)."""
         backbone = backbone_fingerprint(model)
         dtype = str(next(model.parameters()).dtype) + ("+bf16-autocast" if bf16_autocast else "")
         return [recipe_key({"backbone": backbone, "expert": expert_fingerprint(model, d),
                             "data": batches_fingerprint(batches), "max_tokens_per_sequence": int(max_tokens_per_sequence),
                             "mask_padding": bool(mask_padding), "dtype": dtype, "collector": COLLECTOR_VERSION},
                            length=24)
-                for d, batches in enumerate(batches_by_expert)]
+                for d, batches in ((d, batches_by_expert[d]) for d in _indices(batches_by_expert, experts))]
 
     def statistics(
         self,
@@ -57,33 +60,44 @@ class StatisticsStore:
         progress: bool = True,
         bf16_autocast: bool = False,
         mask_padding: bool = True,
+        experts: Sequence[int] | None = None,
     ) -> tuple[RouterStatistics, dict]:
         """Stored statistics where they exist and verify, a collection pass for the rest (a corrupt file is moved aside
         with a warning and collected again); returns them with a report (``collected``/``loaded`` expert names,
-        ``collect_wall_s`` now, and the original ``wall_s``/``tokens``)."""
-        keys = self.keys(model, batches_by_expert, max_tokens_per_sequence, bf16_autocast, mask_padding)
+        ``collect_wall_s`` now, and the original ``wall_s``/``tokens``). ``experts`` (indices; default all): only
+        those experts' statistics, so that one job per domain can fill the store for a later run."""
+        index = _indices(batches_by_expert, experts)
+        keys = self.keys(model, batches_by_expert, max_tokens_per_sequence, bf16_autocast, mask_padding, index)
         paths = [self.root / f"{k}.safetensors" for k in keys]
         stored = [_stored(p) for p in paths]
-        missing = [d for d, entry in enumerate(stored) if entry is None]
+        missing = [slot for slot, entry in enumerate(stored) if entry is None]
         start = time.perf_counter()
         if missing:
-            fresh = collect_statistics(model, [batches_by_expert[d] for d in missing], max_tokens_per_sequence,
-                                       expert_names=[expert_names[d] for d in missing], progress=progress,
-                                       experts=missing, bf16_autocast=bf16_autocast, mask_padding=mask_padding)
+            fresh = collect_statistics(model, [batches_by_expert[index[s]] for s in missing], max_tokens_per_sequence,
+                                       expert_names=[expert_names[index[s]] for s in missing], progress=progress,
+                                       experts=[index[s] for s in missing], bf16_autocast=bf16_autocast,
+                                       mask_padding=mask_padding)
             wall = time.perf_counter() - start
-            for slot, d in enumerate(missing):
-                share = wall * float(fresh.token_counts[slot]) / max(1, int(fresh.token_counts.sum()))
-                part, meta = fresh.select([slot]), {"wall_s": repr(share), "key": keys[d]}
-                part.save(paths[d], metadata=meta)
-                stored[d] = (part, meta)
+            for i, slot in enumerate(missing):
+                share = wall * float(fresh.token_counts[i]) / max(1, int(fresh.token_counts.sum()))
+                part, meta = fresh.select([i]), {"wall_s": repr(share), "key": keys[slot]}
+                part.save(paths[slot], metadata=meta)
+                stored[slot] = (part, meta)
         collect_wall = time.perf_counter() - start
-        stats = RouterStatistics.concat([RouterStatistics(part.gram, part.sums, [expert_names[d]])
-                                         for d, (part, _) in enumerate(stored)])
-        report = {"collected": [expert_names[d] for d in missing],
-                  "loaded": [expert_names[d] for d in range(len(paths)) if d not in missing],
+        stats = RouterStatistics.concat([RouterStatistics(part.gram, part.sums, [expert_names[index[slot]]])
+                                         for slot, (part, _) in enumerate(stored)])
+        report = {"collected": [expert_names[index[s]] for s in missing],
+                  "loaded": [expert_names[index[s]] for s in range(len(paths)) if s not in missing],
                   "collect_wall_s": collect_wall, "wall_s": sum(float(meta.get("wall_s", "0")) for _, meta in stored),
                   "tokens": int(stats.token_counts.sum()), "keys": keys}
         return stats, report
+
+
+def _indices(batches_by_expert: Sequence, experts: Sequence[int] | None) -> list[int]:
+    index = list(range(len(batches_by_expert))) if experts is None else [int(d) for d in experts]
+    if not all(0 <= d < len(batches_by_expert) for d in index):
+        raise IndexError(f"experts {index} outside the {len(batches_by_expert)} experts calibrated")
+    return index
 
 
 def _stored(path: Path) -> tuple[RouterStatistics, dict[str, str]] | None:

@@ -10,26 +10,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import dume_exp.experiment.validate
 from dume_exp.evaluation import make_lm
 from dume_exp.experiment import vllm_scoring
-from dume_exp.experiment.runner import run
 from dume_exp.export.parity import ParityError
 from tests.export.test_parity import TransformersEngine
-from tests.helpers import compose_app, make_experts, tiny_model, write_micro_setup
+from tests.helpers import make_experts, run_micro, tiny_model, write_micro_setup
 
-STRATEGIES = "strategy=[dense_expert,oracle,weight_average,dume,mergekit_hidden]"
-
-
-def micro_cfg(root, *overrides):
-    return compose_app(
-        "+experiment=clm", "experts.source=pretrained", "experts.domains=[prose,code]",
-        f"+experts.models.prose={root}/experts/prose", f"+experts.models.code={root}/experts/code",
-        f"experts.data_dir={root}/data", f"experts.base={root}/base", "eval.batch_size=4", "progress=false",
-        "router.max_tokens_per_sequence=32", "seeds=null", "logger=none", "eval.bf16=false", "router.bias=false",
-        f"results_dir={root}/results", STRATEGIES, *overrides)
-
-
-def run_micro(root, name, *overrides):
-    (root / name).mkdir()
-    return run(micro_cfg(root, *overrides), root / name)
+SERVABLE = ("eval.bf16=false", "router.bias=false", "strategy=[dense_expert,oracle,weight_average,dume,mergekit_hidden]")
 
 
 class StandIn:
@@ -61,10 +46,10 @@ def rows(results):
 
 @pytest.mark.slow
 def test_served_exports_reproduce_the_in_memory_scores(micro, monkeypatch):
-    memory = rows(run_micro(micro, "memory"))
+    memory = rows(run_micro(micro, "memory", *SERVABLE))
     engine = StandIn()
     monkeypatch.setitem(vllm_scoring.ENGINES, "vllm", engine)
-    served = rows(run_micro(micro, "vllm", "eval.backend=vllm", "resume=false"))
+    served = rows(run_micro(micro, "vllm", *SERVABLE, "eval.backend=vllm", "resume=false"))
     # two dense experts, weight averaging as saved; DUME and mergekit_hidden exported to Mixtral; the oracle in memory
     assert sorted(engine.opened) == ["LlamaForCausalLM"] * 3 + ["MixtralForCausalLM"] * 2
     assert served["oracle"]["eval_cached"] == ["prose", "code"]
@@ -82,7 +67,7 @@ def test_served_exports_reproduce_the_in_memory_scores(micro, monkeypatch):
 def test_an_engine_failing_the_gate_scores_nothing(micro, monkeypatch):
     monkeypatch.setitem(vllm_scoring.ENGINES, "vllm", StandIn(noise=0.5))
     with pytest.raises(ParityError, match="REFUSED"):
-        run_micro(micro, "vllm", "eval.backend=vllm", "strategy=[dume]")
+        run_micro(micro, "vllm", *SERVABLE, "eval.backend=vllm", "strategy=[dume]")
     assert not list((micro / "cache" / "evaluations").glob("*.json"))
     assert not list((micro / "results").glob("**/cells/*.json"))
 
@@ -94,7 +79,7 @@ def test_an_engine_failing_the_gate_scores_nothing(micro, monkeypatch):
 ])
 def test_settings_vllm_cannot_serve_are_refused_before_any_work(micro, overrides, words):
     with pytest.raises(ValueError) as info:
-        run_micro(micro, "run", "eval.backend=vllm", *overrides)
+        run_micro(micro, "run", *SERVABLE, "eval.backend=vllm", *overrides)
     for word in words:
         assert word in str(info.value)
     assert not (micro / "cache").exists() or not list((micro / "cache").iterdir())
@@ -103,7 +88,7 @@ def test_settings_vllm_cannot_serve_are_refused_before_any_work(micro, overrides
 def test_without_vllm_the_backend_is_refused_with_the_way_out(micro, monkeypatch):
     monkeypatch.setattr(dume_exp.experiment.validate, "vllm_installed", lambda: False)
     with pytest.raises(ValueError, match=r"needs vLLM, which is not installed .*eval.backend=inmemory"):
-        run_micro(micro, "run", "eval.backend=vllm")
+        run_micro(micro, "run", *SERVABLE, "eval.backend=vllm")
 
 
 def test_parity_sequences_take_each_domains_first_texts(tiny_tokenizer):
