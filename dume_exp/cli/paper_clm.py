@@ -5,7 +5,6 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-
 from ..zoo.paper_clm import LLAMA3_TOKENIZER, PAPER_DOMAINS, PaperCLMRecipe, build_paper_clm
 
 

@@ -226,9 +226,9 @@ AUTO_BF16 = ("eval.bf16", "calibration.bf16", "router_training.bf16")  # null: b
 
 
 def resolve_auto_precision(cfg: Any) -> None:
-    """Replace ``device=auto`` (and ``zoo.device=auto``) by the device this machine gives and each null switch of :data:`AUTO_BF16` in ``cfg``
-    by that device's decision (:mod:`~dume_exp.utils.hardware`), so that what a run records and keys is the device
-    and precision it used."""
+    """Replace ``device=auto`` (and ``zoo.device=auto``) by the device this machine gives and each null switch of
+    :data:`AUTO_BF16` in ``cfg`` by that device's decision (:mod:`~dume_exp.utils.hardware`), so that what a run
+    records and keys is the device and precision it used."""
     device = pick_device(OmegaConf.select(cfg, "device", default="auto"))
     OmegaConf.update(cfg, "device", str(device))
     OmegaConf.update(cfg, "zoo.device", str(pick_device(OmegaConf.select(cfg, "zoo.device", default="auto"))))

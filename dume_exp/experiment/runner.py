@@ -127,12 +127,11 @@ def record_retention(rows: list[dict[str, Any]], cols: list[str], model_dirs: li
                 annotate_saved(folder, retention={c: round(row["retention"][c][0], 1) for c in cols})
 
 
-def collect_only(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def collect_only(cfg: DictConfig, run_dir: Path, seeds: list[int]) -> dict[str, Any]:
     """``calibration.collect_only``: put the router statistics of those domains' experts, for every seed of the run,
     into the statistics store and stop (nothing is built, scored or written to a results cell). One such job per
     domain, then the run itself, which loads them all: the statistics of a large expert set collected in parallel."""
     expert_set = load_expert_set(cfg)
-    seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
     report = {}
     for seed in seeds:
         ctx, _ = seed_context(cfg, expert_set, seed)
@@ -160,8 +159,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """
     validate(cfg)
     resolve_auto_precision(cfg)  # what the run records (resolved config, results) is the precision it uses
+    seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
     if cfg.calibration.collect_only:
-        return collect_only(cfg, run_dir)
+        return collect_only(cfg, run_dir, seeds)
     cell = cell_path(cfg)
     results = read_cached_json(cell) if cfg.resume and not cfg.save_models else None
     if results is not None:
@@ -169,7 +169,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         publish(cfg, results, run_dir)
         return results
     start = time.perf_counter()
-    seeds = list(cfg.seeds) if cfg.seeds else [cfg.seed]
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     with tracker(cfg.logger.kind, run_dir, resolved, cfg.logger.project, name=run_dir.name,

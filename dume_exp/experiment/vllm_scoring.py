@@ -91,10 +91,7 @@ def served(model: torch.nn.Module, tokenizer: Any, folder: Path, cfg: DictConfig
     v = cfg.eval.vllm
     write_servable(model, tokenizer, folder, v.arch)
     lm, engine = ENGINES[str(cfg.eval.backend)](folder, cfg, seed)
-    try:
-        report = check_parity(model, engine, sequences, top_k=v.parity_top_k, tolerance=v.parity_tolerance,
-                              max_disagreement=v.parity_max_disagreement)
-        log.info("%s", report)
-        yield lm, report
-    finally:
-        del lm, engine
+    report = check_parity(model, engine, sequences, top_k=v.parity_top_k, tolerance=v.parity_tolerance,
+                          max_disagreement=v.parity_max_disagreement)
+    log.info("%s", report)
+    yield lm, report

@@ -46,10 +46,10 @@ class StatisticsStore:
         backbone = backbone_fingerprint(model)
         dtype = str(next(model.parameters()).dtype) + ("+bf16-autocast" if bf16_autocast else "")
         return [recipe_key({"backbone": backbone, "expert": expert_fingerprint(model, d),
-                            "data": batches_fingerprint(batches), "max_tokens_per_sequence": int(max_tokens_per_sequence),
+                            "data": batches_fingerprint(batches_by_expert[d]), "max_tokens_per_sequence": int(max_tokens_per_sequence),
                             "mask_padding": bool(mask_padding), "dtype": dtype, "collector": COLLECTOR_VERSION},
                            length=24)
-                for d, batches in ((d, batches_by_expert[d]) for d in _indices(batches_by_expert, experts))]
+                for d in _indices(batches_by_expert, experts)]
 
     def statistics(
         self,
