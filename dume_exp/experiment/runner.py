@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from ..method.router_statistics import text_batches
 from ..method.statistics_store import StatisticsStore
-from ..native import NATIVE_MODEL_TYPES, annotate, annotate_saved, is_native
+from ..native import NATIVE_MODEL_TYPES, annotate, annotate_saved, is_native, save_model
 from ..reporting.figures import routing_figure
 from ..reporting.publish import publish_tables
 from ..reporting.tables import table_rows, write_report
@@ -32,7 +32,7 @@ from .cells import cell_path
 from .config import resolve_auto_precision
 from .experts import ExpertSet, load_expert_set
 from ..evaluation import Suite
-from .scoring import build_suite, save_model, score_candidate
+from .scoring import build_suite, score_candidate
 from .vllm_scoring import parity_sequences
 from .tracking import Tracker, tracker
 from .validate import code_sandbox, parse_lambda, selected_strategies, validate

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from ..evaluation import EvalResult, Suite, clm_suite, evaluate, paper_reasoning_suite, reasoning_suite, run_suite
 from ..export.parity import ParityReport
 from ..method.moe import moe_blocks, reset_routing_counts, routing_counts
-from ..native import is_native
+from ..native import save_model
 from ..strategies import Candidate
 from ..utils.fingerprints import tensor_fingerprint
 from ..utils.hardware import use_bf16
@@ -129,16 +129,6 @@ def _served_entry(lm: Any, report: ParityReport, domain: str, suite: Suite, cfg:
     s = res.domains[domain]
     return {"score": s.score, "stderr": s.stderr, "n": s.n, "items": s.items, "wall_s": res.wall_s,
             "routing_counts": None, "parity": str(report)}
-
-
-def save_model(model: torch.nn.Module, tokenizer: Any, folder: Path) -> Path:
-    """``model`` with its tokenizer in ``folder``: a DUME model as a native folder (modeling code, model card)."""
-    if is_native(model):
-        model.save_pretrained(folder, tokenizer=tokenizer)
-    else:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    return folder
 
 
 def evaluation_seed(cfg: DictConfig, seed: int) -> int:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from ..export import ARCHITECTURES, ExportError, export_moe
 from ..export.parity import ParityReport, PromptLogprobEngine, VllmEngine, check_parity
-from ..native import is_native
+from ..native import is_native, save_model
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,7 @@ def write_servable(model: torch.nn.Module, tokenizer: Any, folder: Path, arch: s
     with the way out, when that class cannot represent it exactly), any other model saved as it is."""
     if is_native(model):
         return export_moe(model, folder, export_arch(model, arch), tokenizer=tokenizer)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_model(model, tokenizer, folder)
 
 
 def parity_sequences(tokenizer: Any, texts: Mapping[str, Sequence[str]], per_domain: int,

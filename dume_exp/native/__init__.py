@@ -47,6 +47,17 @@ def is_native(model: Any) -> bool:
     return isinstance(model, DumeForCausalLMMixin) or getattr(model.config, "model_type", None) in NATIVE_MODEL_TYPES
 
 
+def save_model(model: PreTrainedModel, tokenizer: Any, folder: str | os.PathLike) -> Path:
+    """``model`` with its tokenizer in ``folder``: a DUME model as a native folder (modeling code, model card),
+    any other model as transformers saves it."""
+    if is_native(model):
+        model.save_pretrained(folder, tokenizer=tokenizer)
+    else:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
 @torch.no_grad()
 def to_native(model: PreTrainedModel, layout: dict[str, Any],
               provenance: dict[str, Any] | None = None) -> PreTrainedModel:
