@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from dume_exp.evaluation.items import items_score
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
@@ -122,3 +124,27 @@ def run_torchrun(job: Path, *args: str, cwd: Path, processes: int = 2) -> subpro
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
            str(job), *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def item_outcomes(num, den=None, kind: str = "mean") -> dict:
+    """One task's per-item outcomes (``num``/``den`` per document) as the evaluation stores them."""
+    num = [float(v) for v in num]
+    return {"aggregate": kind, "doc_id": list(range(len(num))), "num": num,
+            "den": [1.0] * len(num) if den is None else [float(v) for v in den]}
+
+
+def make_results(domains: dict[str, bool], rows: dict[str, list[dict[str, dict]]]) -> dict:
+    """``rows[name][seed][domain]`` = that domain's ``{task: items}``; scores are computed from the items."""
+    n_seeds = len(next(iter(rows.values())))
+    seeds = []
+    for s in range(n_seeds):
+        out = []
+        for name, per_seed in rows.items():
+            items = per_seed[s]
+            scores = {d: float(np.mean([items_score(t) for t in items[d].values()])) for d in domains}
+            out.append({"name": name, "strategy": name.split(":")[0].split("@")[0], "scores": scores, "items": items,
+                        "cost": {"wall_s": 0.0, "forward_tokens": 0, "backward_tokens": 0}})
+        seeds.append({"seed": s, "rows": out})
+    return {"experiment": "synthetic", "title": "Synthetic", "domains": list(domains),
+            "metrics": {d: {"higher_is_better": hib, "label": d} for d, hib in domains.items()},
+            "seeds": seeds, "seed_list": list(range(n_seeds))}

@@ -73,9 +73,12 @@ def render_claims(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
     return "\n".join(lines) + "\n"
 
 
-def write_claims(results: Mapping[str, Any], out_dir: Path, boot: PairedBootstrap | None = None) -> Path:
-    """``claims.md`` and ``claims.json`` in ``out_dir`` (atomically); returns the markdown path."""
+def write_claims(results: Mapping[str, Any], out_dir: Path, boot: PairedBootstrap | None = None) -> Path | None:
+    """``claims.md`` and ``claims.json`` in ``out_dir`` (atomically); returns the markdown path, or ``None`` (nothing
+    written) when the results hold no claim's two candidates (a sweep's checkpoint rows, a dense-only run)."""
     rows = evaluate_claims(results, boot)
+    if not rows:
+        return None
     record = {"experiment": results["experiment"], "title": results["title"], "n_resamples": N_RESAMPLES,
               "claims": rows}
     for name, text in (("claims.md", render_claims(results, rows)), ("claims.json", json.dumps(record, indent=1))):

@@ -104,23 +104,28 @@ def router_curve_figure(results: dict[str, Any], path: str | Path,
     return save_figure(fig, Path(path))
 
 
-def router_curve_table(results: dict[str, Any], path: str | Path,
-                       ci: dict[str, tuple[float, float]] | None = None) -> Path:
-    """The curve's points as a markdown table at ``path`` (with ``ci`` where given) and the break-even line."""
-    curve, ci = router_curve(results), ci or {}
+def router_curve_table(results: dict[str, Any], path: str | Path, ci: dict[str, tuple[float, float]] | None = None,
+                       vs_dume: dict[str, tuple[float, float, float]] | None = None) -> Path:
+    """The curve's points as a markdown table at ``path`` and the break-even line; ``ci``: each row's interval of its
+    average retention, ``vs_dume``: each checkpoint's paired difference from DUME (estimate, low, high), where given."""
+    curve, ci, vs_dume = router_curve(results), ci or {}, vs_dume or {}
     lines = [f"# Router training vs DUME ({results['experiment']})", "",
-             "| row | steps | tokens (fwd + bwd) | avg retention (%) | 95% CI |", "|---|---|---|---|---|"]
+             "| row | steps | tokens (fwd + bwd) | avg retention (%) | 95% CI | minus DUME (points, paired 95% CI) |",
+             "|---|---|---|---|---|---|"]
     points = ([curve.dume] if curve.dume else []) + [p for ps in curve.series.values() for p in ps]
     for p in points:
         interval = f"[{ci[p.name][0]:.1f}, {ci[p.name][1]:.1f}]" if p.name in ci else "n/a"
+        diff = (f"{vs_dume[p.name][0]:+.1f} [{vs_dume[p.name][1]:+.1f}, {vs_dume[p.name][2]:+.1f}]"
+                if p.name in vs_dume else "-" if p is curve.dume else "n/a")
         lines.append(f"| {p.name} | {'-' if p.step is None else p.step} | {p.tokens:,.0f} | "
-                     f"{p.retention:.1f} ± {p.std:.1f} | {interval} |")
+                     f"{p.retention:.1f} ± {p.std:.1f} | {interval} | {diff} |")
     verdict = ("no DUME row" if curve.dume is None else f"BTX first reaches DUME's average retention at step "
                f"{curve.break_even}" if curve.break_even is not None else "BTX does not reach DUME's average retention "
                "at any checkpoint")
     lines += ["", f"Break-even: {verdict}. One training run per strategy, scored at each checkpoint; tokens count "
               "DUME's statistics pass (forward) and each training step's batch forward and backward; ± std over seeds; "
-              "95% CI: paired bootstrap over items and seeds (n/a: results without per-item outcomes)."]
+              "95% CI: paired bootstrap over items and seeds (n/a: results without per-item outcomes); minus DUME: the "
+              "checkpoint's average retention minus DUME's, on the same resampled items."]
     with atomic_file(Path(path)) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return Path(path)

@@ -7,11 +7,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..strategies.registry import expert_row
+from ..strategies.registry import checkpoint_of, expert_row
 from ..utils.cache import atomic_file, read_checked_json
 from .bootstrap import PairedBootstrap, retention_intervals, table_bootstrap
 from .figures import plt, save_figure
-from .router_curve import has_checkpoint_rows, router_curve_figure, router_curve_table
+from .router_curve import (CURVE_STRATEGIES, has_checkpoint_rows, router_curve_figure,
+                           router_curve_table)
 from .tables import table_rows, write_report
 
 
@@ -146,8 +147,15 @@ def router_training_sweep(cells: list[dict[str, Any]], out: Path, figure: Path) 
     cell = cells[0]
     boot = table_bootstrap(cell)
     ci = avg_intervals(cell, boot)
+    vs_dume = {}
+    if boot is not None and "dume" in boot.index:
+        for name in boot.names:
+            if (parsed := checkpoint_of(name)) and parsed[0] in CURVE_STRATEGIES:
+                d = boot.difference(name, "dume")
+                vs_dume[name] = (d.estimate, d.low, d.high)
     write_report(cell, out, boot)
-    return router_curve_table(cell, out / "router_training.md", ci), router_curve_figure(cell, figure, ci)
+    return (router_curve_table(cell, out / "router_training.md", ci, vs_dume),
+            router_curve_figure(cell, figure, ci))
 
 
 def sweep_report(folder: Path, out: Path, figures: Path) -> tuple[Path, Path]:

@@ -6,33 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from dume_exp.evaluation.items import items_score
 from dume_exp.reporting.bootstrap import PairedBootstrap, has_items
 from dume_exp.reporting.claims import evaluate_claims, readme_section, render_claims, update_readme, write_claims
 from dume_exp.reporting.tables import table_rows
-
-
-def _items(num, den=None, kind="mean"):
-    num = [float(v) for v in num]
-    return {"aggregate": kind, "doc_id": list(range(len(num))), "num": num,
-            "den": [1.0] * len(num) if den is None else [float(v) for v in den]}
-
-
-def make_results(domains: dict[str, bool], rows: dict[str, list[dict[str, dict]]]) -> dict:
-    """``rows[name][seed][domain]`` = that domain's ``{task: items}``; scores are computed from the items."""
-    n_seeds = len(next(iter(rows.values())))
-    seeds = []
-    for s in range(n_seeds):
-        out = []
-        for name, per_seed in rows.items():
-            items = per_seed[s]
-            scores = {d: float(np.mean([items_score(t) for t in items[d].values()])) for d in domains}
-            out.append({"name": name, "strategy": name.split(":")[0], "scores": scores, "items": items,
-                        "cost": {"wall_s": 0.0, "forward_tokens": 0, "backward_tokens": 0}})
-        seeds.append({"seed": s, "rows": out})
-    return {"experiment": "synthetic", "title": "Synthetic", "domains": list(domains),
-            "metrics": {d: {"higher_is_better": hib, "label": d} for d, hib in domains.items()},
-            "seeds": seeds, "seed_list": list(range(n_seeds))}
+from tests.helpers import item_outcomes as _items
+from tests.helpers import make_results
 
 
 def _one_domain(candidates: dict[str, list], n_seeds: int = 1) -> dict:

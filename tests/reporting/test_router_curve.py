@@ -8,6 +8,7 @@ from dume_exp.reporting.publish import publish_tables
 from dume_exp.reporting.router_curve import (has_checkpoint_rows, router_curve, router_curve_figure,
                                              router_curve_table)
 from dume_exp.reporting.sweep_tables import sweep_report
+from tests.helpers import item_outcomes, make_results
 
 PER_STEP = 100  # tokens of one training step
 DUME_TOKENS = 40  # DUME's statistics pass (forward only)
@@ -60,9 +61,10 @@ def test_figure_and_table_with_intervals(tmp_path):
     ci = {"btx@25": (55.0, 65.0), "dume": (78.0, 82.0)}
     path = router_curve_figure(results, tmp_path / "curve.png", ci=ci)
     assert path == tmp_path / "curve.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = router_curve_table(results, tmp_path / "curve.md", ci).read_text()
-    assert "| btx@25 | 25 | 5,000 | 60.0 ± 0.0 | [55.0, 65.0] |" in text
-    assert "| dume | - | 40 | 80.0 ± 0.0 | [78.0, 82.0] |" in text and "| btx@0 | 0 | 0 | 30.0 ± 0.0 | n/a |" in text
+    text = router_curve_table(results, tmp_path / "curve.md", ci, {"btx@25": (-20.0, -24.5, -15.25)}).read_text()
+    assert "| btx@25 | 25 | 5,000 | 60.0 ± 0.0 | [55.0, 65.0] | -20.0 [-24.5, -15.2] |" in text
+    assert "| dume | - | 40 | 80.0 ± 0.0 | [78.0, 82.0] | - |" in text
+    assert "| btx@0 | 0 | 0 | 30.0 ± 0.0 | n/a | n/a |" in text
     assert "BTX first reaches DUME's average retention at step 50" in text
 
 
@@ -80,3 +82,27 @@ def test_report_writes_the_curve_for_runs_and_for_the_sweep_cell(tmp_path):
     (cells / "two.json").write_text(json.dumps(_results({0: 0.4, 50: 0.9})))
     with pytest.raises(ValueError, match="pass that run's cell file"):
         sweep_report(cells, tmp_path / "sweep", tmp_path / "f3")
+
+
+def test_sweep_table_pairs_each_checkpoint_with_dume(tmp_path):
+    """A cell with per-item outcomes: each checkpoint's difference from DUME is paired over the same items."""
+    n = 100
+    dume = [1] * 80 + [0] * 20
+    rows = {"expert:a": [1] * n, "dume": dume, "btx@0": [0] * 80 + [1] * 20, "btx@50": dume,
+            "dume_plus@0": dume, "dume_plus@50": [1] * 90 + [0] * 10}
+    cell = make_results({"a": True}, {k: [{"a": {"t": item_outcomes(v)}}] for k, v in rows.items()})
+    cell["seeds"][0]["rows"][0]["strategy"] = "dense_expert"
+    cell["config"] = {"experts": {"subset": None}, "router": {"lam": 0.01}}
+    cell.update(experiment="clm", calibration={"split": "train", "max_samples": 4, "eval_split_leak": False})
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    (cells / "one.json").write_text(json.dumps(cell))
+    table, _ = sweep_report(cells, tmp_path, tmp_path / "figures")
+    text = table.read_text()
+    assert "| btx@50 | 50 |" in text and "| +0.0 [+0.0, +0.0] |" in text  # the same outcomes: exactly 0
+    line = next(x for x in text.splitlines() if x.startswith("| btx@0 |"))
+    estimate, low, high = (float(v) for v in line.split("|")[-2].replace("[", "").replace("]", "").replace(",", "")
+                           .split())
+    assert estimate == pytest.approx(-60.0) and low < -60.0 < high < 0  # 20% against 80%, every item disagrees
+    assert "| dume_plus@50 | 50 |" in text and "BTX first reaches DUME's average retention at step 50" in text
+    assert not (tmp_path / "claims.md").exists()  # checkpoint rows make no claim: no empty claims table
